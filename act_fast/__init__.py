@@ -1,0 +1,12 @@
+"""act_fast: steer generative models by transporting their activations (AcT, LinEAS).
+
+See DESIGN.md for the math. Public entry points:
+
+- :mod:`act_fast.ops`: the fused kernels (``affine_transport``, ``rms_norm_transport``,
+  ``layer_norm_transport``) registered as ``torch.ops.act_fast.*`` custom ops.
+"""
+
+from act_fast import ops
+from act_fast._version import __version__
+
+__all__ = ["__version__", "ops"]

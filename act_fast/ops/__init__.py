@@ -1,0 +1,7 @@
+"""Kernels: Triton implementations, their pure-torch references (:mod:`.reference`), and their
+registration as ``torch.ops.act_fast.*`` custom ops with fake (meta) and autograd formulas."""
+
+from act_fast.ops.backend import get_backend, set_backend
+from act_fast.ops.transport import affine_transport
+
+__all__ = ["affine_transport", "get_backend", "set_backend"]

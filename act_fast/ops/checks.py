@@ -1,0 +1,113 @@
+"""Input validation shared by the public op wrappers.
+
+Every error names what was expected and what came. Shape, dtype and device checks cost no
+device work. Finiteness of map tensors needs a device read, so it runs once per tensor version
+(cached) and never while torch.compile traces (it would force a host sync and a graph break).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from act_fast.ops.reference import Strength
+
+
+def check_input(x: Tensor, name: str = "x") -> None:
+    """``x`` must be a floating-point tensor with at least one dim."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32, bfloat16, float16 or float64), got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have a channel dim, got a 0-d tensor")
+
+
+def normalize_channel_dim(x: Tensor, channel_dim: int, pool_spatial: bool) -> int:
+    """Returns ``channel_dim`` as a non-negative index; only the last dim or dim 1 are allowed."""
+    if not isinstance(channel_dim, int) or not -x.ndim <= channel_dim < x.ndim:
+        raise ValueError(f"channel_dim must be an int in [{-x.ndim}, {x.ndim - 1}] for x of shape {list(x.shape)}, got {channel_dim!r}")
+    cd = channel_dim % x.ndim
+    if cd not in (1, x.ndim - 1):
+        raise ValueError(
+            f"channel_dim must be the last dim (channels last) or 1 (conv features [B, C, ...]), "
+            f"got {channel_dim} for x of shape {list(x.shape)}"
+        )
+    if pool_spatial and not (cd == 1 and x.ndim >= 3):
+        raise ValueError(
+            f"pool_spatial=True needs conv features [B, C, *spatial] with channel_dim=1, "
+            f"got x of shape {list(x.shape)} with channel_dim={channel_dim}"
+        )
+    return cd
+
+
+def check_channel_vector(v: object, name: str, num_channels: int, x: Tensor, what: str = "x") -> None:
+    """``v`` must be a floating ``[C]`` tensor on ``x``'s device."""
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [{num_channels}], got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {v.dtype}")
+    if v.ndim != 1 or v.shape[0] != num_channels:
+        raise ValueError(
+            f"{name} must have shape [{num_channels}] (one value per channel of {what} {list(x.shape)}), "
+            f"got {list(v.shape)}"
+        )
+    if v.device != x.device:
+        raise ValueError(f"{name} is on {v.device} but {what} is on {x.device}; move both to one device")
+
+
+def check_support(lo: Tensor | None, hi: Tensor | None, num_channels: int, x: Tensor) -> None:
+    """``lo`` and ``hi`` come together, each ``[C]``."""
+    if (lo is None) != (hi is None):
+        raise ValueError(f"lo and hi must be given together, got lo={'None' if lo is None else 'a tensor'} and hi={'None' if hi is None else 'a tensor'}")
+    if lo is not None:
+        check_channel_vector(lo, "lo", num_channels, x)
+        check_channel_vector(hi, "hi", num_channels, x)
+
+
+def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, float]:
+    """Splits λ into ``(tensor, scalar)``: ``(None, s)`` for a Python number, ``(t, 0.0)`` for a tensor.
+
+    A tensor must be 0-d or ``[B]`` with ``B = x.shape[0]`` (one value per batch row), floating,
+    on ``x``'s device.
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, Tensor)):
+        raise TypeError(f"strength must be a float, a 0-d tensor or a [B] tensor, got {type(strength).__name__}")
+    if not isinstance(strength, Tensor):
+        return None, float(strength)
+    if not strength.is_floating_point():
+        raise TypeError(f"strength tensor must be floating-point, got {strength.dtype}")
+    if strength.device != x.device:
+        raise ValueError(f"strength is on {strength.device} but x is on {x.device}; keep λ on the model's device")
+    if strength.ndim == 0:
+        return strength, 0.0
+    if strength.ndim != 1 or x.ndim < 2 or strength.shape[0] != x.shape[0]:
+        rows = f"[{x.shape[0]}]" if x.ndim >= 2 else "a 0-d tensor (x has no batch dim)"
+        raise ValueError(
+            f"per-row strength must have shape {rows}, one value per batch row of x {list(x.shape)}, "
+            f"got {list(strength.shape)}"
+        )
+    return strength, 0.0
+
+
+_CHECKED_VERSION = "_act_fast_finite_version"
+
+
+def check_finite(**tensors: Tensor | None) -> None:
+    """Raises if any of the named tensors holds NaN or ±Inf.
+
+    Each tensor is read once per in-place version (``Tensor._version``, remembered on the tensor); skipped under
+    torch.compile tracing, where a data-dependent check would break the graph.
+    """
+    if torch.compiler.is_compiling():
+        return
+    for name, t in tensors.items():
+        if t is None or isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta":
+            continue
+        version = t._version
+        if getattr(t, _CHECKED_VERSION, None) == version:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            bad = (~torch.isfinite(t)).nonzero().flatten()[:8].tolist()
+            raise ValueError(f"{name} holds NaN or Inf (first bad channels: {bad}); a map must be finite")
+        setattr(t, _CHECKED_VERSION, version)

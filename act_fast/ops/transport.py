@@ -75,7 +75,8 @@ if HAS_TRITON:
         x = tl.load(x_ptr + rows64[:, None] * stride_xr + cols[None, :] * stride_xc, mask=ok, other=0.0)
         w = tl.load(w_ptr + cols, mask=col_ok, other=1.0)
         b = tl.load(b_ptr + cols, mask=col_ok, other=0.0)
-        lam = load_strength(s_ptr, s_scalar, rows // rows_per_batch, STRENGTH_MODE, IS_F64)
+        # Clamped: rows past R (tile padding) must not index past the end of a [B] strength.
+        lam = load_strength(s_ptr, s_scalar, tl.minimum(rows, R - 1) // rows_per_batch, STRENGTH_MODE, IS_F64)
         if IS_F64:
             x = x.to(tl.float64)
             w = w.to(tl.float64)

@@ -8,5 +8,12 @@ See DESIGN.md for the math. Public entry points:
 
 from act_fast import ops
 from act_fast._version import __version__
+from act_fast.stats import ChannelStats, collect, sites
 
-__all__ = ["__version__", "ops"]
+__all__ = [
+    "ChannelStats",
+    "__version__",
+    "collect",
+    "ops",
+    "sites",
+]

@@ -1,0 +1,158 @@
+"""Accuracy of ChannelStats against float64 torch: moments, extremes, quantiles, merges."""
+
+import math
+
+import pytest
+import torch
+
+import act_fast as af
+from act_fast.ops import set_backend
+
+LEVELS = torch.tensor([0.0, 1e-3, 0.005, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 0.995, 0.999, 1.0], dtype=torch.float64)
+
+
+def order_statistic(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Generalised inverse CDF ``x_(⌈qN⌉)`` per channel: ``x [N, C]`` → ``[len(q), C]`` float64."""
+    n = x.shape[0]
+    idx = (torch.ceil(q * n).long() - 1).clamp(0, n - 1)
+    return x.double().sort(0).values[idx]
+
+
+def distributions(n: int) -> dict[str, torch.Tensor]:
+    """Each entry ``[n, 3]`` float32."""
+    g = torch.Generator().manual_seed(1)
+    normal = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    chi = torch.randn(n, 3, generator=g, dtype=torch.float64).square() + torch.randn(n, 3, generator=g, dtype=torch.float64).square()
+    student = normal / (chi / 2.0).sqrt()
+    point_mass = torch.where(torch.rand(n, 3, generator=g) < 0.4, 0.0, normal)
+    outliers = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    outliers[torch.randperm(n, generator=g)[:3], :] = 3000.0
+    spanning = normal * torch.logspace(-4, 4, 3, dtype=torch.float64)
+    return {
+        "gaussian": normal * torch.tensor([1.0, 0.01, 50.0]) + torch.tensor([0.0, 1.0, -20.0]),
+        "student_t2": student,
+        "log_normal": normal.exp(),
+        "zero_plus_normal": point_mass,
+        "outliers": outliers,
+        "spanning_1e-4_1e4": spanning,
+    }
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_moments_match_float64(backend, device):
+    """Mean within 1e-6 standard deviations, variance within 1e-5 relative, extremes exact, including
+    a 1e4 + N(0, 1e-2) channel; data fed in several updates."""
+    rows = 4096 if backend == "torch" else 64
+    x64 = torch.randn(rows, 5, dtype=torch.float64)
+    x64[:, 0] = 1e4 + 1e-2 * x64[:, 0]
+    x64[:, 1] = x64[:, 1] * 1e-3 - 7.0
+    x64[:, 2] = x64[:, 2].exp() * 100.0
+    x = x64.float().to(device)
+    truth = x.double()
+    previous = set_backend(backend)
+    try:
+        stats = af.ChannelStats(5, device)
+        for chunk in x.split(rows // 4 + 3):
+            stats.update(chunk)
+    finally:
+        set_backend(previous)
+    std = truth.std(0, unbiased=False)
+    assert torch.all((stats.mean - truth.mean(0)).abs() <= 1e-6 * std)
+    assert torch.all((stats.var() / truth.var(0, unbiased=False) - 1).abs() <= 1e-5)
+    assert torch.all((stats.var(unbiased=True) / truth.var(0, unbiased=True) - 1).abs() <= 1e-5)
+    assert torch.equal(stats.min, truth.amin(0)) and torch.equal(stats.max, truth.amax(0))
+    assert torch.equal(stats.count, torch.full((5,), rows, dtype=torch.int64, device=device))
+
+
+def test_non_finite_values_are_counted_apart():
+    x = torch.randn(100, 4)
+    x[3, 0], x[4, 0], x[5, 0], x[6, 1] = math.nan, math.inf, -math.inf, math.nan
+    x[:, 3] = math.nan
+    stats = af.ChannelStats(4).update(x)
+    finite = x[:, 0][torch.isfinite(x[:, 0])].double()
+    assert stats.count.tolist() == [97, 99, 100, 0]
+    assert stats.nan_count.tolist() == [1, 1, 0, 100]
+    assert stats.pos_inf_count.tolist() == [1, 0, 0, 0] and stats.neg_inf_count.tolist() == [1, 0, 0, 0]
+    torch.testing.assert_close(stats.mean[0], finite.mean(), rtol=1e-12, atol=0)
+    assert stats.max[0] == finite.max() and stats.min[0] == finite.min()
+    assert torch.isnan(stats.mean[3]) and torch.isnan(stats.quantile(0.5)[3])
+    assert int(stats.histogram[0].sum()) == 97 and int(stats.histogram[3].sum()) == 0
+
+
+@pytest.mark.parametrize("name", list(distributions(8)))
+def test_quantiles_within_documented_bound(name):
+    """The true quantile lies in the reported bucket and the estimate is within 2^-m relative
+    (absolute 2^E_lo in the zero bucket) at the default resolution."""
+    x = distributions(20_000)[name].float()
+    stats = af.ChannelStats(3).update(x)
+    truth = order_statistic(x, LEVELS)
+    lo, hi = stats.quantile_bounds(LEVELS)
+    assert torch.all((lo <= truth) & (truth <= hi))
+    est = stats.quantile(LEVELS)
+    eps, zero = stats.params.relative_error, 2.0**stats.params.exp_min
+    err = (est - truth).abs()
+    assert torch.all(err <= torch.maximum(eps * truth.abs(), torch.full_like(truth, zero)))
+    assert torch.equal(est[0], x.double().amin(0)) and torch.equal(est[-1], x.double().amax(0))
+    assert torch.all(est[1:] >= est[:-1])
+
+
+def test_point_mass_at_zero_reports_zero():
+    x = distributions(5000)["zero_plus_normal"].float()
+    stats = af.ChannelStats(3).update(x)
+    frac_neg = (x < 0).double().mean(0)
+    frac_zero = (x == 0).double().mean(0)
+    inside = (frac_neg + frac_zero / 2).clamp(0, 1)
+    q = stats.quantile(inside.tolist()).diagonal()
+    assert torch.all(q == 0.0)
+
+
+def test_bf16_data_is_lossless_at_bf16_resolution():
+    """With m = 7 each bf16 value owns a bucket: non-interpolated quantiles are exact order
+    statistics, interpolated ones stay within 2^-7."""
+    x = (torch.randn(5000, 4) * torch.tensor([1.0, 1e-3, 300.0, 1.0])).to(torch.bfloat16)
+    x[:, 3] = x[:, 3].exp()
+    stats = af.ChannelStats(4, mantissa_bits=7, exp_min=-24, exp_max=24).update(x)
+    truth = order_statistic(x, LEVELS)
+    assert torch.equal(stats.quantile(LEVELS, interpolate=False), truth)
+    err = (stats.quantile(LEVELS) - truth).abs()
+    assert torch.all(err <= 2.0**-7 * truth.abs())
+
+
+def test_histogram_bit_identical_under_random_splits_and_merge_order():
+    x = distributions(3000)["student_t2"].float()
+    whole = af.ChannelStats(3).update(x)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        cuts = sorted(torch.randint(0, 3000, (5,), generator=g).tolist())
+        pieces = [x[a:b] for a, b in zip([0] + cuts, cuts + [3000])]
+        parts = [af.ChannelStats(3).update(p) for p in pieces]
+        order = torch.randperm(len(parts), generator=g).tolist()
+        merged = af.ChannelStats(3)
+        for i in order:
+            merged.merge(parts[i])
+        assert torch.equal(merged.histogram, whole.histogram)
+        assert torch.equal(merged.count, whole.count)
+        assert torch.equal(merged.min, whole.min) and torch.equal(merged.max, whole.max)
+        torch.testing.assert_close(merged.mean, whole.mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(merged.var(), whole.var(), rtol=1e-12, atol=0)
+
+
+def test_pending_int32_histogram_folds_before_overflow():
+    """The int32 pending counts fold into int64 before 2^31 rows could overflow them."""
+    stats = af.ChannelStats(2)
+    stats.update(torch.ones(5, 2))
+    stats._pending_rows = 2**31 - 3  # as if 2^31 - 3 rows were pending
+    stats.update(torch.ones(5, 2))
+    assert stats._pending_rows == 5
+    assert stats.histogram.sum(1).tolist() == [10, 10]
+
+
+def test_quantile_function_grid_and_shapes():
+    x = torch.randn(4000, 3)
+    stats = af.ChannelStats(3).update(x)
+    grid = af.stats.midpoint_grid(16)
+    qf = stats.quantile_function(16)
+    assert qf.shape == (16, 3)
+    torch.testing.assert_close(qf, stats.quantile(grid))
+    assert stats.quantile(0.5).shape == (3,)
+    assert stats.quantile([0.1, 0.9]).shape == (2, 3)

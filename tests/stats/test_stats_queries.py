@@ -1,0 +1,140 @@
+"""Derived queries (exact mode, cross moment, AUROC) and state round trips."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import act_fast as af
+
+
+def pairwise_auroc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Brute force ``P(X > Y) + ½ P(X = Y)`` per channel over all pairs."""
+    p, n = pos.double()[:, None, :], neg.double()[None, :, :]
+    return ((p > n).double() + 0.5 * (p == n).double()).mean((0, 1))
+
+
+def coupled_cross_moment(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``E[Q_a(U) Q_b(U)]`` of the empirical step quantile functions, by repeating both sorted
+    samples up to ``lcm(N_a, N_b)`` (then it is the mean of products of sorted pairs)."""
+    lcm = math.lcm(a.shape[0], b.shape[0])
+    sa = a.double().sort(0).values.repeat_interleave(lcm // a.shape[0], 0)
+    sb = b.double().sort(0).values.repeat_interleave(lcm // b.shape[0], 0)
+    return (sa * sb).mean(0)
+
+
+@pytest.fixture
+def pair():
+    s = torch.randn(60, 4) * torch.tensor([1.0, 2.0, 0.5, 1.0]) + torch.tensor([0.0, 1.0, -1.0, 0.0])
+    t = torch.randn(45, 4) * 1.5 + 0.5
+    s[:, 3] = torch.randint(-2, 3, (60,)).float()  # ties
+    t[:, 3] = torch.randint(-2, 3, (45,)).float()
+    return s, t
+
+
+def test_exact_mode_quantile_is_torch_quantile(pair):
+    s, _ = pair
+    stats = af.ChannelStats(4, exact=True)
+    for chunk in s.split(17):
+        stats.update(chunk)
+    q = torch.tensor([0.0, 0.1, 0.33, 0.5, 0.9, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(stats.quantile(q), torch.quantile(s.double(), q, dim=0), rtol=1e-12, atol=1e-12)
+    idx = (torch.ceil(q * 60).long() - 1).clamp(0, 59)
+    assert torch.equal(stats.quantile(q, interpolate=False), s.double().sort(0).values[idx])
+    assert torch.equal(stats.samples, s)
+
+
+def test_exact_mode_drops_masked_rows_and_non_finite_values():
+    x = torch.randn(20, 2)
+    x[2, 0] = math.nan
+    x[5, 1] = math.inf
+    mask = torch.ones(20, dtype=torch.bool)
+    mask[7] = False
+    stats = af.ChannelStats(2, exact=True).update(x, mask)
+    assert stats.samples.shape == (19, 2)
+    for c, bad in ((0, 2), (1, 5)):
+        keep = torch.ones(20, dtype=torch.bool)
+        keep[[bad, 7]] = False
+        torch.testing.assert_close(stats.quantile(0.3)[c], torch.quantile(x[keep, c].double(), 0.3), rtol=1e-12, atol=0)
+
+
+def test_exact_cross_moment_equal_n_is_sorted_pairs(pair):
+    s, t = pair
+    a = af.ChannelStats(4, exact=True).update(s[:45])
+    b = af.ChannelStats(4, exact=True).update(t)
+    expected = (s[:45].double().sort(0).values * t.double().sort(0).values).mean(0)
+    torch.testing.assert_close(a.cross_moment(b), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_exact_cross_moment_unequal_n_is_quantile_coupling(pair):
+    s, t = pair
+    a = af.ChannelStats(4, exact=True).update(s)
+    b = af.ChannelStats(4, exact=True).update(t)
+    torch.testing.assert_close(a.cross_moment(b), coupled_cross_moment(s, t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b.cross_moment(a), coupled_cross_moment(s, t), rtol=1e-12, atol=1e-12)
+
+
+def test_histogram_cross_moment_within_quantile_bound():
+    """Pointwise |Q̂ - Q| ≤ ε|Q| gives |E[Q̂_s Q̂_t] - E[Q_s Q_t]| ≤ (2ε + ε²) E|Q_s Q_t| (no value
+    of this data lies in the zero bucket)."""
+    s = torch.randn(3000, 3) * 2 + 5
+    t = torch.randn(2000, 3).exp()
+    a, b = af.ChannelStats(3).update(s), af.ChannelStats(3).update(t)
+    eps = a.params.relative_error
+    truth = coupled_cross_moment(s, t)
+    bound = (2 * eps + eps * eps) * coupled_cross_moment(s, t).abs()
+    assert torch.all((a.cross_moment(b) - truth).abs() <= bound)
+    # Mixed modes agree on the same data up to the same bound.
+    exact = af.ChannelStats(3, exact=True).update(t)
+    assert torch.all((a.cross_moment(exact) - truth).abs() <= bound)
+
+
+def test_exact_auroc_is_mann_whitney(pair):
+    s, t = pair
+    a = af.ChannelStats(4, exact=True).update(s)
+    b = af.ChannelStats(4, exact=True).update(t)
+    torch.testing.assert_close(a.auroc(b), pairwise_auroc(s, t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.auroc(a), torch.full((4,), 0.5, dtype=torch.float64))
+
+
+def test_histogram_auroc_within_tie_bound(pair):
+    """Only pairs sharing a bucket are approximated (as ties): error ≤ ½ Σ_i p_s[i] p_t[i]."""
+    s, t = pair
+    a, b = af.ChannelStats(4).update(s), af.ChannelStats(4).update(t)
+    ps = a.histogram.double() / 60
+    pt = b.histogram.double() / 45
+    bound = 0.5 * (ps * pt).sum(1) + 1e-12
+    assert torch.all((a.auroc(b) - pairwise_auroc(s, t)).abs() <= bound)
+    # Integer-valued channel: every tie is in one bucket and exact.
+    torch.testing.assert_close(a.auroc(b)[3], pairwise_auroc(s, t)[3], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_state_dict_round_trip_through_safetensors(exact, tmp_path):
+    x = torch.randn(77, 6)
+    x[0, 0] = math.nan
+    stats = af.ChannelStats(6, mantissa_bits=4, exp_min=-10, exp_max=10, exact=exact).update(x)
+    save_file(stats.state_dict(), tmp_path / "s.safetensors")
+    back = af.ChannelStats.from_state_dict(load_file(tmp_path / "s.safetensors"))
+    assert torch.equal(back.histogram, stats.histogram)
+    for name in ("count", "mean", "min", "max", "nan_count"):
+        assert torch.equal(getattr(back, name), getattr(stats, name)), name
+    assert torch.equal(back.var(), stats.var())
+    assert torch.equal(back.quantile(0.3), stats.quantile(0.3))
+    assert back.rows_seen == 77 and back.exact == exact
+    # Loading into an existing object continues the stream.
+    more = torch.randn(5, 6)
+    target = af.ChannelStats(6, mantissa_bits=4, exp_min=-10, exp_max=10, exact=exact).load_state_dict(stats.state_dict())
+    target.update(more)
+    whole = af.ChannelStats(6, mantissa_bits=4, exp_min=-10, exp_max=10, exact=exact).update(torch.cat([x, more]))
+    assert torch.equal(target.histogram, whole.histogram)
+    torch.testing.assert_close(target.mean, whole.mean, rtol=1e-12, atol=1e-12)
+
+
+def test_exact_merge_concatenates_samples(pair):
+    s, t = pair
+    a = af.ChannelStats(4, exact=True).update(s)
+    a.merge(af.ChannelStats(4, exact=True).update(t))
+    assert torch.equal(a.samples, torch.cat([s, t]))
+    torch.testing.assert_close(a.quantile(0.5), torch.quantile(torch.cat([s, t]).double(), 0.5, dim=0), rtol=1e-12, atol=0)

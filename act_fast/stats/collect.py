@@ -48,6 +48,25 @@ def _resolve(model: nn.Module, site_names: Sequence[str]) -> dict[str, nn.Module
     return resolved
 
 
+class _StopForward(Exception):
+    """Raised by a hook once every site has produced its output, to skip the rest of the model."""
+
+
+def _stop_when_all_ran(site_names: Sequence[str]):
+    """A hook factory and a reset: the hooks raise :class:`_StopForward` once every site ran."""
+    ran: set[str] = set()
+
+    def make(site: str):
+        def fn(module: nn.Module, args: Any, output: Any) -> None:
+            ran.add(site)
+            if len(ran) == len(site_names):
+                raise _StopForward
+
+        return fn
+
+    return make, ran.clear
+
+
 class _Collector:
     """Forward hooks feeding one ChannelStats per site; the padding mask of the running batch is
     set before each forward."""
@@ -87,6 +106,7 @@ def collect(
     pooling: str = "mean",
     *,
     progress: bool = True,
+    stop_early: bool = False,
     **stats_kwargs: Any,
 ) -> dict[str, ChannelStats]:
     """Runs ``model(**batch)`` for every batch and returns per-site statistics.
@@ -99,6 +119,8 @@ def collect(
         pooling: ``mean`` (default), ``last``, ``max``, ``min`` over real tokens, or ``none``
             (every real token is a row). Conv outputs ``[B, C, H, W]`` are pooled over space.
         progress: show a progress bar over batches.
+        stop_early: end each forward pass as soon as every site has produced its output, skipping
+            the layers after the last site (for sites that run once per forward).
         **stats_kwargs: passed to :class:`ChannelStats` (``mantissa_bits``, ``exact``, ...).
 
     Returns:
@@ -114,6 +136,9 @@ def collect(
     collector = _Collector(pooling, stats_kwargs)
     device = _model_device(model)
     handles = [module.register_forward_hook(collector.hook(name)) for name, module in modules.items()]
+    if stop_early:
+        make_stop, reset_stop = _stop_when_all_ran(site_names)
+        handles += [module.register_forward_hook(make_stop(name)) for name, module in modules.items()]
     seen = 0
     try:
         total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
@@ -124,7 +149,12 @@ def collect(
                 inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
                 mask = inputs.get("attention_mask")
                 collector.mask = None if mask is None else mask.to(torch.bool)
-                model(**inputs)
+                try:
+                    model(**inputs)
+                except _StopForward:
+                    pass
+                if stop_early:
+                    reset_stop()
                 seen += 1
     finally:
         for handle in handles:

@@ -208,3 +208,16 @@ def test_site_presets(llama):
     assert af.sites(llama, "mlp_out") == [f"{l}.mlp" for l in layers]
     with pytest.raises(ValueError, match="matches no module"):
         af.sites(nn.Linear(2, 2))
+
+
+def test_stop_early_skips_the_layers_after_the_last_site():
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, vocab_size=50)).eval()
+    calls = []
+    model.model.layers[2].register_forward_hook(lambda m, a, o: calls.append("layer 2"))
+    batches = [{"input_ids": torch.randint(0, 50, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.int64)}] * 2
+    site = "model.layers.1.post_attention_layernorm"
+    full = af.collect(model, [site], batches, progress=False)[site]
+    assert calls == ["layer 2", "layer 2"]
+    early = af.collect(model, [site], batches, progress=False, stop_early=True)[site]
+    assert calls == ["layer 2", "layer 2"]  # no further call: the forward stopped at the site
+    assert torch.equal(early.mean, full.mean) and torch.equal(early.histogram, full.histogram)

@@ -9,11 +9,19 @@ See DESIGN.md for the math. Public entry points:
 from act_fast import ops
 from act_fast._version import __version__
 from act_fast.stats import ChannelStats, collect, sites
+from act_fast.maps import AffineMap, SteeringMaps, load_maps
+from act_fast.estimators import fit, fit_map, import_reference_maps
 
 __all__ = [
+    "AffineMap",
     "ChannelStats",
+    "SteeringMaps",
     "__version__",
     "collect",
+    "fit",
+    "fit_map",
+    "import_reference_maps",
+    "load_maps",
     "ops",
     "sites",
 ]

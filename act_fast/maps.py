@@ -1,0 +1,248 @@
+"""Steering maps: one per-channel affine map per site, and their safetensors files.
+
+A map file is a safetensors file whose tensors are ``"<site>/weight"``, ``"<site>/bias"`` and,
+when the map has a support, ``"<site>/lo"`` and ``"<site>/hi"`` (float32, ``[C]`` each), and whose
+metadata holds ``act_fast.maps`` (a JSON object: format version, sites in order, channel counts,
+method, support, pooling, model type and config fingerprint, creation time, act_fast version).
+No pickle anywhere. Files are written to a temporary name in the same folder and renamed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from act_fast._version import __version__
+from act_fast.ops.reference import Strength
+from act_fast.ops.transport import affine_transport
+
+FORMAT_NAME = "act_fast.maps"
+FORMAT_VERSION = 1
+_FIELDS = ("weight", "bias", "lo", "hi")
+_META_FIELDS = ("method", "support", "pooling", "model_type", "model_fingerprint", "created", "version")
+# Config entries that do not change the model's computation (paths, versions, dtypes, labels).
+_FINGERPRINT_IGNORED = frozenset(
+    {"_name_or_path", "transformers_version", "_diffusers_version", "torch_dtype", "dtype", "architectures",
+     "_class_name", "id2label", "label2id", "_commit_hash", "_attn_implementation_autoset", "name_or_path"}
+)
+
+
+class MapFileError(ValueError):
+    """A map file that cannot be read: missing, truncated, corrupt, not a map file, or invalid."""
+
+
+@dataclass
+class AffineMap:
+    """Per-channel affine map ``T(x) = weight ⊙ x + bias`` with optional support ``lo < x < hi``.
+
+    Attributes:
+        weight, bias: ``[C]`` float tensors.
+        lo, hi: ``[C]`` support bounds, or None (transport everywhere).
+    """
+
+    weight: Tensor
+    bias: Tensor
+    lo: Tensor | None = None
+    hi: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_channels(self) -> int:
+        return self.weight.numel()
+
+    def validate(self, where: str = "map") -> None:
+        """Shapes ``[C]``, floating dtypes, one device, finite values; raises ValueError/TypeError."""
+        C = self.weight.numel() if isinstance(self.weight, Tensor) else -1
+        if (self.lo is None) != (self.hi is None):
+            raise ValueError(f"{where}: lo and hi must be given together")
+        for name in _FIELDS:
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not isinstance(v, Tensor) or not v.is_floating_point():
+                raise TypeError(f"{where}: {name} must be a floating-point tensor, got {type(v).__name__ if not isinstance(v, Tensor) else v.dtype}")
+            if v.ndim != 1 or v.numel() != C:
+                raise ValueError(f"{where}: {name} must have shape [{C}] like weight, got {list(v.shape)}")
+            if v.device != self.weight.device:
+                raise ValueError(f"{where}: {name} is on {v.device} but weight is on {self.weight.device}")
+            if not bool(torch.isfinite(v).all()):
+                bad = (~torch.isfinite(v)).nonzero().flatten()[:8].tolist()
+                raise ValueError(f"{where}: {name} holds NaN or Inf (first bad channels: {bad})")
+
+    def apply(self, x: Tensor, strength: Strength = 1.0, *, channel_dim: int = -1, pool_spatial: bool = False) -> Tensor:
+        """``x`` transported with strength λ; see :func:`act_fast.ops.affine_transport` for shapes."""
+        return affine_transport(x, self.weight, self.bias, strength, self.lo, self.hi, channel_dim=channel_dim, pool_spatial=pool_spatial)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AffineMap":
+        move = lambda v: None if v is None else v.to(device=device, dtype=dtype)  # noqa: E731
+        return AffineMap(move(self.weight), move(self.bias), move(self.lo), move(self.hi))
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The map's tensors by field name (``lo``/``hi`` only when there is a support)."""
+        return {name: getattr(self, name) for name in _FIELDS if getattr(self, name) is not None}
+
+
+def model_fingerprint(model: Any) -> tuple[str, str]:
+    """``(model_type, sha256 of the config)`` of a transformers or diffusers model.
+
+    The hash covers the config entries that define the computation (sizes, layer counts, norms),
+    not paths, versions or dtypes. A model without a config gets ``("", "")``.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return "", ""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    model_type = str(as_dict.get("model_type") or as_dict.get("_class_name") or type(model).__name__)
+    kept = {k: v for k, v in as_dict.items() if k not in _FINGERPRINT_IGNORED}
+    blob = json.dumps(kept, sort_keys=True, default=str).encode()
+    return model_type, hashlib.sha256(blob).hexdigest()
+
+
+@dataclass
+class SteeringMaps(Mapping[str, AffineMap]):
+    """Site name → :class:`AffineMap`, in forward order, with the metadata of how they were fitted.
+
+    Attributes:
+        maps: the maps, keyed by site (module) name.
+        method, support, pooling: how they were fitted (free text for hand-made maps).
+        model_type, model_fingerprint: from :func:`model_fingerprint` of the model fitted on.
+        created: ISO-8601 UTC time; version: act_fast version that wrote them.
+    """
+
+    maps: dict[str, AffineMap]
+    method: str = ""
+    support: str = ""
+    pooling: str = ""
+    model_type: str = ""
+    model_fingerprint: str = ""
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    version: str = __version__
+
+    def __getitem__(self, site: str) -> AffineMap:
+        return self.maps[site]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.maps)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def channels(self) -> dict[str, int]:
+        return {site: m.num_channels for site, m in self.maps.items()}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SteeringMaps":
+        moved = {site: m.to(device, dtype) for site, m in self.maps.items()}
+        return SteeringMaps(moved, **{k: v for k, v in self.metadata().items() if k in _META_FIELDS})
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "sites": list(self.maps),
+            "channels": self.channels(),
+            "method": self.method,
+            "support": self.support,
+            "pooling": self.pooling,
+            "model_type": self.model_type,
+            "model_fingerprint": self.model_fingerprint,
+            "created": self.created,
+            "version": self.version,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the maps as safetensors (float32) to ``path`` atomically; returns the path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {
+            f"{site}/{name}": t.detach().to("cpu", torch.float32).contiguous()
+            for site, m in self.maps.items()
+            for name, t in m.tensors().items()
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={FORMAT_NAME: json.dumps(self.metadata())})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def check_model(self, model: torch.nn.Module, channels: Mapping[str, int | None] | None = None) -> None:
+        """Refuses maps that do not fit ``model``: raises ValueError listing every mismatch.
+
+        Checks that each site names a module of ``model`` and, where ``channels`` (site → channel
+        count of the module output, None when unknown) is given, that the counts agree.
+        """
+        modules = dict(model.named_modules())
+        problems = [f"site {site!r}: no such module in {type(model).__name__}" for site in self.maps if site not in modules]
+        for site, m in self.maps.items():
+            expected = None if channels is None else channels.get(site)
+            if expected is not None and expected != m.num_channels:
+                problems.append(f"site {site!r}: map has {m.num_channels} channels, the module outputs {expected}")
+        if problems:
+            raise ValueError(f"maps do not fit this model ({len(problems)} mismatch{'es' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
+
+
+def load_maps(path: str | os.PathLike, device: torch.device | str | None = None) -> SteeringMaps:
+    """Reads a map file written by :meth:`SteeringMaps.save`, validating it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        MapFileError: truncated or corrupt file, not an act_fast map file, a newer format
+            version, missing or misshapen tensors, or NaN/Inf values; the message names the file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no map file at {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw_meta = (f.metadata() or {}).get(FORMAT_NAME)
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for bad headers/lengths
+        raise MapFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
+    if raw_meta is None:
+        raise MapFileError(f"{path}: a safetensors file, but not an act_fast map file (no '{FORMAT_NAME}' metadata)")
+    try:
+        meta = json.loads(raw_meta)
+        sites, channels, version = list(meta["sites"]), dict(meta["channels"]), int(meta["format_version"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise MapFileError(f"{path}: corrupt act_fast map metadata: {err}") from err
+    if version > FORMAT_VERSION:
+        raise MapFileError(f"{path}: map format version {version} is newer than this act_fast reads ({FORMAT_VERSION}); upgrade act_fast")
+    expected_keys = set()
+    maps: dict[str, AffineMap] = {}
+    for site in sites:
+        fields = {name: tensors.get(f"{site}/{name}") for name in _FIELDS}
+        expected_keys.update(f"{site}/{name}" for name, t in fields.items() if t is not None)
+        if fields["weight"] is None or fields["bias"] is None:
+            raise MapFileError(f"{path}: site {site!r} has no weight or bias tensor")
+        if fields["weight"].numel() != channels.get(site):
+            raise MapFileError(f"{path}: site {site!r} weight has {fields['weight'].numel()} channels, metadata says {channels.get(site)}")
+        try:
+            maps[site] = AffineMap(**fields)
+        except (ValueError, TypeError) as err:
+            raise MapFileError(f"{path}: site {site!r}: {err}") from err
+    extra = sorted(set(tensors) - expected_keys)
+    if extra:
+        raise MapFileError(f"{path}: tensors that belong to no listed site: {extra[:8]}")
+    loaded = SteeringMaps(maps, **{k: str(meta.get(k, "")) for k in _META_FIELDS})
+    return loaded if device is None else loaded.to(device)

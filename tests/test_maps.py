@@ -1,0 +1,158 @@
+"""AffineMap / SteeringMaps: validation, safetensors round trip, bad files, model checks."""
+
+import json
+import struct
+
+import pytest
+import torch
+from tolerances import assert_close
+
+import act_fast as af
+from act_fast.maps import FORMAT_NAME, AffineMap, MapFileError, SteeringMaps, load_maps, model_fingerprint
+
+
+def make_maps() -> SteeringMaps:
+    return SteeringMaps(
+        {
+            "model.layers.0.post_attention_layernorm": AffineMap(torch.randn(6), torch.randn(6), -torch.rand(6), torch.rand(6)),
+            "model.layers.1.mlp": AffineMap(torch.randn(4), torch.randn(4)),
+        },
+        method="linear_act",
+        support="q_0_100",
+        pooling="mean",
+        model_type="llama",
+        model_fingerprint="abc",
+    )
+
+
+def test_round_trip(tmp_path):
+    maps = make_maps()
+    path = maps.save(tmp_path / "maps.safetensors")
+    loaded = load_maps(path)
+    assert list(loaded) == list(maps)
+    for site, m in maps.items():
+        for name, t in m.tensors().items():
+            assert torch.equal(getattr(loaded[site], name), t)
+    assert loaded["model.layers.1.mlp"].lo is None
+    meta = loaded.metadata()
+    assert meta["method"] == "linear_act" and meta["support"] == "q_0_100" and meta["pooling"] == "mean"
+    assert meta["model_type"] == "llama" and meta["model_fingerprint"] == "abc"
+    assert meta["channels"] == {"model.layers.0.post_attention_layernorm": 6, "model.layers.1.mlp": 4}
+    assert meta["version"] == af.__version__ and meta["created"] == maps.created
+
+
+def test_save_is_atomic_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def failing_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        make_maps().save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["maps.safetensors"]
+
+
+def test_apply_calls_the_transport_op():
+    m = AffineMap(torch.full((3,), 2.0), torch.ones(3))
+    x = torch.randn(2, 5, 3)
+    assert_close(m.apply(x, 0.5), x + 0.5 * (2.0 * x + 1.0 - x))
+
+
+def test_invalid_maps_are_refused():
+    with pytest.raises(ValueError, match=r"bias must have shape \[3\] like weight, got \[4\]"):
+        AffineMap(torch.ones(3), torch.ones(4))
+    with pytest.raises(ValueError, match=r"weight holds NaN or Inf \(first bad channels: \[1\]\)"):
+        AffineMap(torch.tensor([1.0, float("nan"), 1.0]), torch.zeros(3))
+    with pytest.raises(ValueError, match="lo and hi must be given together"):
+        AffineMap(torch.ones(3), torch.zeros(3), lo=torch.zeros(3))
+    with pytest.raises(TypeError, match="weight must be a floating-point tensor"):
+        AffineMap(torch.ones(3, dtype=torch.int64), torch.zeros(3))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no map file at .*nothing.safetensors"):
+        load_maps(tmp_path / "nothing.safetensors")
+
+
+def test_truncated_file(tmp_path):
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 10])
+    with pytest.raises(MapFileError, match=r"maps.safetensors: not a readable safetensors file \(truncated or corrupt\?\)"):
+        load_maps(path)
+
+
+def test_corrupt_header(tmp_path):
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(struct.pack("<Q", 20) + b"{not json at all....")
+    with pytest.raises(MapFileError, match="garbage.safetensors: not a readable safetensors file"):
+        load_maps(path)
+
+
+def test_not_a_map_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"lm_head.weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(MapFileError, match="weights.safetensors: a safetensors file, but not an act_fast map file"):
+        load_maps(path)
+
+
+def _rewrite(path, tensors=None, meta_update=None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()[FORMAT_NAME])
+        loaded = {k: f.get_tensor(k) for k in f.keys()}
+    loaded.update(tensors or {})
+    meta.update(meta_update or {})
+    save_file(loaded, str(path), metadata={FORMAT_NAME: json.dumps(meta)})
+
+
+def test_newer_format_version(tmp_path):
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    _rewrite(path, meta_update={"format_version": 99})
+    with pytest.raises(MapFileError, match="format version 99 is newer"):
+        load_maps(path)
+
+
+def test_nan_and_shape_errors_in_file(tmp_path):
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    _rewrite(path, tensors={"model.layers.1.mlp/bias": torch.tensor([0.0, float("inf"), 0.0, 0.0])})
+    with pytest.raises(MapFileError, match=r"site 'model.layers.1.mlp': .*bias holds NaN or Inf"):
+        load_maps(path)
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    _rewrite(path, tensors={"model.layers.1.mlp/bias": torch.zeros(5)})
+    with pytest.raises(MapFileError, match=r"bias must have shape \[4\]"):
+        load_maps(path)
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    _rewrite(path, meta_update={"channels": {"model.layers.0.post_attention_layernorm": 6, "model.layers.1.mlp": 8}})
+    with pytest.raises(MapFileError, match="weight has 4 channels, metadata says 8"):
+        load_maps(path)
+
+
+def test_check_model_lists_every_mismatch():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    maps = SteeringMaps({"0": AffineMap(torch.ones(5), torch.zeros(5)), "1": AffineMap(torch.ones(4), torch.zeros(4)), "7": AffineMap(torch.ones(4), torch.zeros(4))})
+    with pytest.raises(ValueError, match=r"2 mismatches[\s\S]*site '7': no such module[\s\S]*site '0': map has 5 channels, the module outputs 4"):
+        maps.check_model(model, channels={"0": 4, "1": 4})
+    SteeringMaps({"1": AffineMap(torch.ones(4), torch.zeros(4))}).check_model(model, channels={"1": 4})
+
+
+def test_model_fingerprint_tracks_structure_not_paths():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, vocab_size=50)
+    a = LlamaForCausalLM(LlamaConfig(**cfg))
+    b = LlamaForCausalLM(LlamaConfig(**cfg, name_or_path="/somewhere/else"))
+    c = LlamaForCausalLM(LlamaConfig(**{**cfg, "num_hidden_layers": 2}))
+    assert model_fingerprint(a)[0] == "llama"
+    assert model_fingerprint(a) == model_fingerprint(b)
+    assert model_fingerprint(a) != model_fingerprint(c)

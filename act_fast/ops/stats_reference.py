@@ -132,6 +132,19 @@ def chan_merge(
     return n, mean, m2
 
 
+def merge_moments_(state: dict[str, Tensor], other: dict[str, Tensor]) -> None:
+    """Merges ``other``'s count/mean/M2 (Chan), min/max and NaN/±Inf counts into ``state`` in
+    place; both hold ``[C]`` tensors under the keys of :func:`stats_update_ref`'s state."""
+    n, mean, m2 = chan_merge(state["count"], state["mean"], state["m2"], other["count"], other["mean"], other["m2"])
+    state["count"].copy_(n)
+    state["mean"].copy_(mean)
+    state["m2"].copy_(m2)
+    torch.minimum(state["vmin"], other["vmin"], out=state["vmin"])
+    torch.maximum(state["vmax"], other["vmax"], out=state["vmax"])
+    for key in ("nan", "pos_inf", "neg_inf"):
+        state[key].add_(other[key])
+
+
 def finite_mask(x: Tensor, row_mask: Tensor | None = None) -> Tensor:
     """``[rows, C]`` bool: finite values of the rows kept by ``row_mask`` (``[rows]`` bool or None)."""
     finite = torch.isfinite(x)
@@ -194,14 +207,7 @@ def stats_update_ref(
     """
     finite = finite_mask(x, row_mask)
     t = tile_stats_ref(x, row_mask, finite)
-    n, mean, m2 = chan_merge(state["count"], state["mean"], state["m2"], t["count"], t["mean"], t["m2"])
-    state["count"].copy_(n)
-    state["mean"].copy_(mean)
-    state["m2"].copy_(m2)
-    torch.minimum(state["vmin"], t["vmin"], out=state["vmin"])
-    torch.maximum(state["vmax"], t["vmax"], out=state["vmax"])
-    for key in ("nan", "pos_inf", "neg_inf"):
-        state[key].add_(t[key])
+    merge_moments_(state, t)
     hist = state["hist"]
     num_channels, num_buckets = hist.shape
     offsets = torch.arange(num_channels, device=x.device, dtype=torch.int64) * num_buckets

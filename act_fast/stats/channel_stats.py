@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from act_fast.ops.backend import use_triton
-from act_fast.ops.stats_reference import HistogramParams, chan_merge, stats_update_ref
+from act_fast.ops.stats_reference import HistogramParams, chan_merge, merge_moments_, stats_update_ref
 from act_fast.stats.exact import SampleQuantiles, sample_auroc, sort_samples
 from act_fast.stats.histogram import HistogramQuantiles, cross_moment, histogram_auroc, midpoint_grid
 
@@ -335,15 +335,7 @@ class ChannelStats:
         self._check_params(other, "merge")
         if other.exact != self.exact:
             raise ValueError(f"merge: exact mode differs, expected exact={self.exact}, got exact={other.exact}")
-        s, o = self._state, {k: v.to(self.device) for k, v in other._state.items()}
-        n, mean, m2 = chan_merge(s["count"], s["mean"], s["m2"], o["count"], o["mean"], o["m2"])
-        s["count"].copy_(n)
-        s["mean"].copy_(mean)
-        s["m2"].copy_(m2)
-        torch.minimum(s["vmin"], o["vmin"], out=s["vmin"])
-        torch.maximum(s["vmax"], o["vmax"], out=s["vmax"])
-        for key in ("nan", "pos_inf", "neg_inf"):
-            s[key].add_(o[key])
+        merge_moments_(self._state, {k: v.to(self.device) for k, v in other._state.items()})
         self.fold()
         self._hist += other.histogram.to(self.device)
         self.rows_seen += other.rows_seen

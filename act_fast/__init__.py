@@ -10,7 +10,7 @@ from act_fast import ops
 from act_fast._version import __version__
 from act_fast.stats import ChannelStats, collect, sites
 from act_fast.maps import AffineMap, SteeringMaps, load_maps
-from act_fast.estimators import fit, fit_map, import_reference_maps
+from act_fast.estimators import fit, fit_lineas, fit_map, import_reference_maps
 
 __all__ = [
     "AffineMap",
@@ -19,6 +19,7 @@ __all__ = [
     "__version__",
     "collect",
     "fit",
+    "fit_lineas",
     "fit_map",
     "import_reference_maps",
     "load_maps",

@@ -48,6 +48,26 @@ def _resolve(model: nn.Module, site_names: Sequence[str]) -> dict[str, nn.Module
     return resolved
 
 
+def site_rows(output: Any, mask: Tensor | None, pooling: str, site: str, module: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """Pools a site's module output into statistics rows (see :func:`pool`).
+
+    ``mask`` is the batch's ``[B, T]`` padding mask (True = real token), applied to ``[B, T, C]``
+    outputs only. Returns ``(rows [R, C], row_mask [R] or None)``.
+    """
+    out = first_tensor(output)
+    if out is None or not out.is_floating_point():
+        raise ValueError(f"site {site!r}: module {type(module).__name__} returned no floating-point tensor")
+    tokens = as_tokens(out, site)
+    if mask is not None and out.ndim != 3:
+        mask = None
+    if mask is not None and tuple(mask.shape) != tuple(tokens.shape[:2]):
+        raise ValueError(
+            f"site {site!r}: output of shape {list(out.shape)} does not line up with attention_mask "
+            f"{list(mask.shape)} ([B, T] expected); padding cannot be excluded"
+        )
+    return pool(tokens, mask, pooling)
+
+
 class _StopForward(Exception):
     """Raised by a hook once every site has produced its output, to skip the rest of the model."""
 
@@ -79,19 +99,7 @@ class _Collector:
 
     def hook(self, site: str):
         def fn(module: nn.Module, args: Any, output: Any) -> None:
-            out = first_tensor(output)
-            if out is None or not out.is_floating_point():
-                raise ValueError(f"site {site!r}: module {type(module).__name__} returned no floating-point tensor")
-            tokens = as_tokens(out.detach(), site)
-            mask = self.mask
-            if mask is not None and out.ndim != 3:
-                mask = None
-            if mask is not None and tuple(mask.shape) != tuple(tokens.shape[:2]):
-                raise ValueError(
-                    f"site {site!r}: output of shape {list(out.shape)} does not line up with attention_mask "
-                    f"{list(mask.shape)} ([B, T] expected); padding cannot be excluded"
-                )
-            rows, row_mask = pool(tokens, mask, self.pooling)
+            rows, row_mask = site_rows(output, self.mask, self.pooling, site, module)
             if site not in self.stats:
                 self.stats[site] = ChannelStats(rows.shape[1], device=rows.device, **self.stats_kwargs)
             self.stats[site].update(rows, row_mask)

@@ -1,0 +1,330 @@
+"""``fit_lineas``: LinEAS, affine maps on all sites learned jointly end to end (DESIGN.md §1).
+
+"End-to-end Learning of Sparse Interventions on Activations to Steer Generation" (NeurIPS 2025):
+every site gets a per-channel map ``T(x) = w ⊙ x + b`` initialised at the identity; the maps are
+applied at λ = 1 through :func:`act_fast.ops.affine_transport` (whose autograd gives the gradients)
+inside the frozen model, and trained so that, at every site, the pooled steered source activations
+match the pooled target activations in 1-D Wasserstein distance, channel by channel. A proximal
+step after each optimiser step (L1 soft threshold, then group lasso per site) makes the maps
+sparse: whole channels and whole sites return exactly to the identity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from act_fast.estimators.fit import _transport_hook
+from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
+from act_fast.stats import collect, sites as preset_sites
+from act_fast.stats.collect import _model_device, _resolve, _StopForward, site_rows
+from act_fast.stats.pooling import POOLINGS
+
+Batches = Iterable[Mapping[str, Any]]
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class SupportReport:
+    """Which maps moved away from the identity (``w ≠ 1`` or ``b ≠ 0``, compared exactly).
+
+    Attributes:
+        channels_active, channels_total: over all sites.
+        sites_active, sites_total: sites with at least one active channel.
+        per_site: site → fraction of its channels that are active.
+    """
+
+    channels_active: int
+    channels_total: int
+    sites_active: int
+    sites_total: int
+    per_site: dict[str, float]
+
+    @property
+    def channel_fraction(self) -> float:
+        return self.channels_active / max(self.channels_total, 1)
+
+    @property
+    def site_fraction(self) -> float:
+        return self.sites_active / max(self.sites_total, 1)
+
+    def __str__(self) -> str:
+        return (
+            f"support: {self.channels_active}/{self.channels_total} channels ({self.channel_fraction:.1%}), "
+            f"{self.sites_active}/{self.sites_total} sites ({self.site_fraction:.1%}) not identity"
+        )
+
+
+def support_report(maps: Mapping[str, AffineMap]) -> SupportReport:
+    """The support of ``maps``: which channels and sites are not exactly the identity."""
+    active = {site: (m.weight != 1) | (m.bias != 0) for site, m in maps.items()}
+    counts = {site: int(a.sum()) for site, a in active.items()}
+    return SupportReport(
+        channels_active=sum(counts.values()),
+        channels_total=sum(a.numel() for a in active.values()),
+        sites_active=sum(1 for c in counts.values() if c),
+        sites_total=len(active),
+        per_site={site: counts[site] / max(a.numel(), 1) for site, a in active.items()},
+    )
+
+
+@dataclass
+class LineasMaps(SteeringMaps):
+    """:class:`SteeringMaps` fitted by :func:`fit_lineas`, with the training record (not saved to
+    map files).
+
+    Attributes:
+        losses: the training loss at each step (before that step's update), length ``steps``.
+        report: the support of the final maps.
+    """
+
+    losses: list[float] = field(default_factory=list)
+    report: SupportReport | None = None
+
+
+def wasserstein2(source: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Per-channel squared 1-D Wasserstein-2 distance between two sample sets.
+
+    Args:
+        source: ``[N, C]`` samples. target: ``[M, C]`` samples.
+        generator: draws the rows kept from the larger set (without replacement) when ``N ≠ M``.
+
+    Returns:
+        ``[C]``: ``mean_i (s_(i) − t_(i))²`` over the ``min(N, M)`` sorted samples of each channel.
+    """
+    n, m = source.shape[0], target.shape[0]
+    if n == 0 or m == 0:
+        raise ValueError(f"wasserstein2 needs samples on both sides, got {n} source and {m} target rows")
+    if source.shape[1] != target.shape[1]:
+        raise ValueError(f"wasserstein2: source has {source.shape[1]} channels, target {target.shape[1]}")
+    k = min(n, m)
+    if n > k:
+        source = source[torch.randperm(n, generator=generator)[:k].to(source.device)]
+    if m > k:
+        target = target[torch.randperm(m, generator=generator)[:k].to(target.device)]
+    diff = source.sort(dim=0).values - target.sort(dim=0).values.to(source.dtype)
+    return diff.square().mean(0)
+
+
+def _soft_threshold(v: Tensor, tau: float) -> Tensor:
+    """``sign(v) · max(|v| − τ, 0)``: exact zeros where ``|v| ≤ τ``."""
+    return v.sign() * (v.abs() - tau).clamp_min(0.0)
+
+
+def _group_shrink(v: Tensor, tau: float) -> Tensor:
+    """Group-lasso proximal map ``v · max(0, 1 − τ / ‖v‖)`` (all zeros when ``‖v‖ ≤ τ``)."""
+    norm = torch.linalg.vector_norm(v)
+    return v * (1.0 - tau / norm.clamp_min(torch.finfo(v.dtype).tiny)).clamp_min(0.0)
+
+
+@torch.no_grad()
+def proximal_step(weight: Tensor, bias: Tensor, lr: float, l1: float, group: float) -> None:
+    """In place on one site's ``[C]`` map tensors: soft threshold of ``w − 1`` and ``b`` by
+    ``lr · l1``, then the group shrink of ``w − 1`` and of ``b`` (one group each) with threshold
+    ``lr · group · √C``."""
+    dw, db = weight - 1.0, bias
+    if l1 > 0:
+        dw, db = _soft_threshold(dw, lr * l1), _soft_threshold(db, lr * l1)
+    if group > 0:
+        tau = lr * group * math.sqrt(weight.numel())
+        dw, db = _group_shrink(dw, tau), _group_shrink(db, tau)
+    weight.copy_(dw + 1.0)
+    bias.copy_(db)
+
+
+class _PooledSteered:
+    """Forward hooks that pool each site's (already steered) output for the loss, then end the
+    forward once every site has run (the layers after the last site do not matter)."""
+
+    def __init__(self, site_names: Sequence[str], pooling: str) -> None:
+        self.site_names = list(site_names)
+        self.pooling = pooling
+        self.rows: dict[str, Tensor] = {}
+        self.mask: Tensor | None = None
+
+    def hook(self, site: str):
+        def fn(module: nn.Module, args: Any, output: Any) -> None:
+            if site in self.rows:
+                raise ValueError(f"site {site!r} ran twice in one forward pass; LinEAS needs sites that run once per forward")
+            rows, row_mask = site_rows(output, self.mask, self.pooling, site, module)
+            self.rows[site] = rows if row_mask is None else rows[row_mask]
+            if len(self.rows) == len(self.site_names):
+                raise _StopForward
+
+        return fn
+
+
+def _check_args(steps: int, optimizer: str, lr: float, l1: float, group: float, pooling: str) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    for name, v in (("l1", l1), ("group", group)):
+        if not v >= 0 or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def fit_lineas(
+    model: nn.Module,
+    source_batches: Batches,
+    target_batches: Batches,
+    sites: str | Sequence[str],
+    *,
+    steps: int = 1000,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    l1: float = 0.0,
+    group: float = 0.0,
+    pooling: str = "mean",
+    seed: int = 0,
+    progress: bool = True,
+) -> LineasMaps:
+    """Learns one affine map per site, all sites jointly, through the frozen model (LinEAS).
+
+    Each step takes the next source batch (cycling), runs it with every map active (λ = 1, conv
+    features ``[B, C, H, W]`` with the pooled map as in :func:`act_fast.fit`), pools every site and
+    minimises the mean over sites of the mean over channels of the squared 1-D Wasserstein
+    distance (:func:`wasserstein2`) between the pooled steered source rows and the pooled target
+    rows. The target rows are collected once, without intervention. The learning rate follows a
+    cosine decay from ``lr`` to 0 over ``steps``; after each optimiser step, with the step's
+    learning rate ``lr_t``, :func:`proximal_step` soft-thresholds ``w − 1`` and ``b`` by
+    ``lr_t · l1`` and shrinks them as groups (one per site each) with threshold ``lr_t · group · √C``.
+
+    Memory: only the maps (and Adam's two moments: ``6 C`` floats per site) are trained; the model's
+    parameters are frozen (``requires_grad`` off during the fit, restored after) so no parameter
+    gradients or optimiser state exist for them, and each forward stops after the last site. The
+    peak is the model's weights plus what autograd saves for one source batch through the layers
+    up to the last site, as in fine-tuning with frozen weights: measured on all-MiniLM-L6-v2 (FFN
+    4×C, all 12 post-LayerNorm sites, batch 32×44) 141 MiB, i.e. about 11 hidden states
+    ``[B, T, C]`` per transformer layer, where an inference forward holds only a few hidden states
+    at a time. It grows linearly with the source batch (and quadratically with T through the
+    attention probabilities); use smaller source batches to lower it.
+
+    Args:
+        model: a transformers / diffusers model or any ``nn.Module`` taking ``model(**batch)``; run
+            in its current mode (call ``.eval()`` first for deterministic layers).
+        source_batches, target_batches: iterables of dicts of model inputs (``attention_mask``
+            marks padding). About 32 prompts per side suffice. Every source batch should hold as
+            many pooled rows as possible: the distance compares ``min(N_source, N_target)`` sorted
+            samples, subsampling the larger side at random each step.
+        sites: module names, or a preset name for :func:`act_fast.sites`. Each must run once per
+            forward pass.
+        steps: optimiser steps (≥ 1).
+        optimizer: ``"adam"`` (default) or ``"sgd"`` (no momentum).
+        lr: peak learning rate (> 0).
+        l1: L1 weight on ``w − 1`` and ``b`` (≥ 0): single channels return to the identity.
+        group: group-lasso weight (≥ 0): whole sites return to the identity.
+            Units: with SGD the proximal step is ISTA, so ``l1`` / ``group`` compare with the
+            loss gradient (a channel, resp. a site, stays the identity while its gradient, resp.
+            the RMS of its gradient, is below them). Adam normalises its steps to about ``lr``
+            per channel, so there they compare with ``|m̂ / √v̂| ≤ ~1``: useful values lie in
+            ``(0, 1)`` and ``≥ 1`` keeps every map at the identity.
+        pooling: ``mean`` / ``last`` / ``max`` / ``min`` per prompt, or ``none`` (every token).
+        seed: seeds the subsampling of the larger side.
+        progress: a progress bar with the current loss, and the support printed at the end.
+
+    Returns:
+        :class:`LineasMaps` (a :class:`SteeringMaps`, ``method="lineas"``, ``support="q_all"``) in
+        forward order, on the model's device in float32, with ``.losses`` and ``.report``.
+    """
+    _check_args(steps, optimizer, lr, l1, group, pooling)
+    site_names = preset_sites(model, sites) if isinstance(sites, str) else list(sites)
+    if not site_names:
+        raise ValueError("fit_lineas needs at least one site")
+    source, target = list(source_batches), list(target_batches)
+    if not source or not target:
+        raise ValueError(f"fit_lineas needs batches on both sides, got {len(source)} source and {len(target)} target batches")
+    modules = _resolve(model, site_names)
+    device = _model_device(model)
+    model_type, fingerprint = model_fingerprint(model)
+
+    target_stats = collect(model, site_names, target, pooling, progress=False, stop_early=True, exact=True)
+    target_rows = {site: s.samples for site, s in target_stats.items()}
+    for site, rows in target_rows.items():
+        if rows.shape[0] == 0:
+            raise ValueError(f"site {site!r}: the target batches gave no pooled rows (only padding?)")
+
+    params = {
+        site: (torch.ones(rows.shape[1], device=rows.device, requires_grad=True), torch.zeros(rows.shape[1], device=rows.device, requires_grad=True))
+        for site, rows in target_rows.items()
+    }
+    opt_params = [t for pair in params.values() for t in pair]
+    opt: torch.optim.Optimizer = torch.optim.Adam(opt_params, lr=lr) if optimizer == "adam" else torch.optim.SGD(opt_params, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    generator = torch.Generator().manual_seed(seed)
+
+    pooled = _PooledSteered(site_names, pooling)
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    handles = []
+    curve = torch.empty(steps, device=device)
+    order = site_names
+    try:
+        for p, _ in grad_flags:
+            p.requires_grad_(False)
+        for site, module in modules.items():
+            # The transport hook runs first, so the pooling hook sees the steered output.
+            handles.append(module.register_forward_hook(_transport_hook(AffineMap(*params[site]))))
+            handles.append(module.register_forward_hook(pooled.hook(site)))
+        bar = tqdm(range(steps), desc="fit_lineas", disable=not progress, leave=False)
+        for step in bar:
+            batch = source[step % len(source)]
+            inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            mask = inputs.get("attention_mask")
+            pooled.mask = None if mask is None else mask.to(torch.bool)
+            pooled.rows = {}
+            try:
+                model(**inputs)
+            except _StopForward:
+                pass
+            missing = [site for site in site_names if site not in pooled.rows]
+            if missing:
+                raise ValueError(f"sites {missing} produced no output during the forward pass")
+            order = list(pooled.rows)  # insertion order of the hooks: forward order
+            loss = torch.stack([wasserstein2(pooled.rows[s], target_rows[s], generator).mean() for s in site_names]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lr_t = opt.param_groups[0]["lr"]
+            opt.step()
+            schedule.step()
+            if l1 > 0 or group > 0:
+                for w, b in params.values():
+                    proximal_step(w, b, lr_t, l1, group)
+            curve[step] = loss.detach()
+            finite = torch.stack([torch.isfinite(loss.detach())] + [torch.isfinite(t).all() for t in opt_params]).all()
+            if not bool(finite):
+                raise ValueError(f"fit_lineas diverged at step {step}: the loss or a map is no longer finite; lower lr (now {lr})")
+            pooled.rows = {}
+            if progress and (step % 10 == 0 or step == steps - 1):
+                bar.set_postfix(loss=f"{float(curve[step]):.4g}")
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        pooled.mask, pooled.rows = None, {}
+
+    maps = {site: AffineMap(w.detach().clone(), b.detach().clone()) for site, (w, b) in params.items()}
+    maps = {site: maps[site] for site in order}
+    report = support_report(maps)
+    if progress:
+        tqdm.write(f"fit_lineas: loss {float(curve[0]):.4g} -> {float(curve[-1]):.4g} over {steps} steps; {report}")
+    return LineasMaps(
+        maps,
+        method="lineas",
+        support="q_all",
+        pooling=pooling,
+        model_type=model_type,
+        model_fingerprint=fingerprint,
+        losses=curve.tolist(),
+        report=report,
+    )

@@ -6,13 +6,7 @@ import torch
 import act_fast as af
 from act_fast.estimators.fit import forward_order
 from act_fast.maps import SteeringMaps
-
-
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
-    return LlamaForCausalLM(cfg).eval()
+from tiny_models import tiny_llama, tiny_unet, unet_batches
 
 
 def prompts(seed: int, n_batches: int = 3, batch: int = 4, T: int = 7):
@@ -80,17 +74,11 @@ def test_streaming_when_asked():
 
 
 def test_fit_on_a_unet_pools_conv_features():
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4,
-    ).eval()
+    unet = tiny_unet()
     g = torch.Generator().manual_seed(0)
 
     def batches(shift):
-        return [{"sample": torch.randn(3, 4, 8, 8, generator=g) + shift, "timestep": torch.tensor(10), "encoder_hidden_states": torch.randn(3, 5, 8, generator=g)} for _ in range(2)]
+        return unet_batches(g, shift, batch=3, n_batches=2)
 
     sites = ["down_blocks.0.resnets.0", "mid_block.resnets.0"]
     maps = af.fit(unet, batches(1.0), batches(0.0), sites, method="gaussian_act", progress=False)

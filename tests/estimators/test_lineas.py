@@ -8,14 +8,14 @@ from act_fast.estimators.fit import _transport_hook
 from act_fast.estimators.lineas import LineasMaps, proximal_step, support_report, wasserstein2
 from tolerances import assert_close
 
+import tiny_models
+from tiny_models import tiny_unet, unet_batches
+
 
 def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     # initializer_range 0.2 (not 0.02): attention and MLP outputs then have the scale of the normed
     # ones, so every site weighs in the loss as in a trained model.
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100, initializer_range=0.2)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_models.tiny_llama(initializer_range=0.2)
 
 
 def prompts(seed: int, vocab: tuple[int, int], n_batches: int = 1, batch: int = 32, T: int = 7):
@@ -221,17 +221,11 @@ def test_divergence_is_reported():
 
 
 def test_unet_sites():
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4,
-    ).eval()
+    unet = tiny_unet()
     g = torch.Generator().manual_seed(0)
 
     def batches(shift):
-        return [{"sample": torch.randn(16, 4, 8, 8, generator=g) + shift, "timestep": torch.tensor(10), "encoder_hidden_states": torch.randn(16, 5, 8, generator=g)}]
+        return unet_batches(g, shift, batch=16, n_batches=1)
 
     sites = ["down_blocks.0.resnets.0", "mid_block.resnets.0"]
     src, tgt = batches(1.0), batches(0.0)

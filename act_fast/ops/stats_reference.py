@@ -194,6 +194,24 @@ def tile_stats_ref(x: Tensor, row_mask: Tensor | None = None, finite: Tensor | N
     }
 
 
+def empty_state(num_channels: int, params: HistogramParams, device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """The state :func:`stats_update_ref` and the Triton update fold into, with nothing seen:
+    int64 ``count, nan, pos_inf, neg_inf`` and float64 ``mean, m2, vmin, vmax`` (``[C]``), and
+    the int32 pending histogram ``hist`` (``[C, B]``)."""
+    c = num_channels
+    return {
+        "count": torch.zeros(c, dtype=torch.int64, device=device),
+        "mean": torch.zeros(c, dtype=torch.float64, device=device),
+        "m2": torch.zeros(c, dtype=torch.float64, device=device),
+        "vmin": torch.full((c,), math.inf, dtype=torch.float64, device=device),
+        "vmax": torch.full((c,), -math.inf, dtype=torch.float64, device=device),
+        "nan": torch.zeros(c, dtype=torch.int64, device=device),
+        "pos_inf": torch.zeros(c, dtype=torch.int64, device=device),
+        "neg_inf": torch.zeros(c, dtype=torch.int64, device=device),
+        "hist": torch.zeros((c, params.num_buckets), dtype=torch.int32, device=device),
+    }
+
+
 def stats_update_ref(
     x: Tensor,
     state: dict[str, Tensor],

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from act_fast.ops.backend import use_triton
-from act_fast.ops.stats_reference import HistogramParams, chan_merge, merge_moments_, stats_update_ref
+from act_fast.ops.stats_reference import HistogramParams, chan_merge, empty_state, merge_moments_, stats_update_ref
 from act_fast.stats.exact import SampleQuantiles, sample_auroc, sort_samples
 from act_fast.stats.histogram import HistogramQuantiles, cross_moment, histogram_auroc, midpoint_grid
 
@@ -77,17 +77,7 @@ class ChannelStats:
         self.device = _normalize_device(device)
         self.exact = bool(exact)
         c, dev = num_channels, self.device
-        self._state: dict[str, Tensor] = {
-            "count": torch.zeros(c, dtype=torch.int64, device=dev),
-            "mean": torch.zeros(c, dtype=torch.float64, device=dev),
-            "m2": torch.zeros(c, dtype=torch.float64, device=dev),
-            "vmin": torch.full((c,), math.inf, dtype=torch.float64, device=dev),
-            "vmax": torch.full((c,), -math.inf, dtype=torch.float64, device=dev),
-            "nan": torch.zeros(c, dtype=torch.int64, device=dev),
-            "pos_inf": torch.zeros(c, dtype=torch.int64, device=dev),
-            "neg_inf": torch.zeros(c, dtype=torch.int64, device=dev),
-            "hist": torch.zeros((c, self.params.num_buckets), dtype=torch.int32, device=dev),
-        }
+        self._state: dict[str, Tensor] = empty_state(c, self.params, dev)
         self._hist = torch.zeros((c, self.params.num_buckets), dtype=torch.int64, device=dev)
         self._pending_rows = 0
         self.rows_seen = 0

@@ -9,26 +9,11 @@ from tolerances import FLOAT_DTYPES, TOLERANCES
 import act_fast as af
 from act_fast.ops import set_backend
 from act_fast.ops.stats import PARTIAL_DTYPES, PARTIAL_FIELDS, stats_fold_triton, stats_partials_triton, stats_update_triton
-from act_fast.ops.stats_reference import HistogramParams, bucket_index_ref, stats_update_ref
+from act_fast.ops.stats_reference import HistogramParams, bucket_index_ref, empty_state, stats_update_ref
 
 PARAMS = HistogramParams()
 SHAPES = [(1, 1), (1, 13), (64, 1), (37, 13), (64, 7)]
 INT_KEYS = ("count", "nan", "pos_inf", "neg_inf", "hist")
-
-
-def fresh_state(num_channels: int, params: HistogramParams, device: str) -> dict[str, torch.Tensor]:
-    c = num_channels
-    return {
-        "count": torch.zeros(c, dtype=torch.int64, device=device),
-        "mean": torch.zeros(c, dtype=torch.float64, device=device),
-        "m2": torch.zeros(c, dtype=torch.float64, device=device),
-        "vmin": torch.full((c,), math.inf, dtype=torch.float64, device=device),
-        "vmax": torch.full((c,), -math.inf, dtype=torch.float64, device=device),
-        "nan": torch.zeros(c, dtype=torch.int64, device=device),
-        "pos_inf": torch.zeros(c, dtype=torch.int64, device=device),
-        "neg_inf": torch.zeros(c, dtype=torch.int64, device=device),
-        "hist": torch.zeros((c, params.num_buckets), dtype=torch.int32, device=device),
-    }
 
 
 def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,7 +60,7 @@ def assert_state_matches(kernel: dict[str, torch.Tensor], ref: dict[str, torch.T
 @pytest.mark.parametrize("rows_per_program", [None, 16])
 def test_kernel_matches_reference(rows, cols, dtype, rows_per_program, device):
     x = special_data(rows, cols, dtype, device)
-    state = fresh_state(cols, PARAMS, device)
+    state = empty_state(cols, PARAMS, device)
     ref = clone_state(state)
     num_partials = -(-rows // (rows_per_program or rows))
     partials = stats_partials_triton(
@@ -93,7 +78,7 @@ def test_kernel_accumulates_into_existing_state_with_row_mask(dtype, device):
     first = special_data(23, 11, dtype, device)
     second = special_data(41, 11, dtype, device)
     mask = torch.rand(41, device=device) > 0.4
-    kernel, ref = fresh_state(11, params, device), fresh_state(11, params, device)
+    kernel, ref = empty_state(11, params, device), empty_state(11, params, device)
     stats_update_triton(first, kernel, params, rows_per_program=16)
     stats_update_ref(first, ref, params)
     stats_update_triton(second, kernel, params, mask, rows_per_program=16)
@@ -107,7 +92,7 @@ def test_kernel_strided_rows(device):
     """A row-strided view (last dim contiguous) is read in place."""
     base = torch.randn(30, 20, device=device)
     x = base[::3, 2:15]
-    kernel, ref = fresh_state(13, PARAMS, device), fresh_state(13, PARAMS, device)
+    kernel, ref = empty_state(13, PARAMS, device), empty_state(13, PARAMS, device)
     stats_update_triton(x, kernel, PARAMS)
     stats_update_ref(x, ref, PARAMS)
     assert_state_matches(kernel, ref)
@@ -117,7 +102,7 @@ def test_kernel_strided_rows(device):
 def test_bucket_index_extreme_parameters(mantissa_bits, exp_min, exp_max, device):
     params = HistogramParams(mantissa_bits, exp_min, exp_max).validate()
     x = special_data(19, 5, torch.float32, device)
-    kernel, ref = fresh_state(5, params, device), fresh_state(5, params, device)
+    kernel, ref = empty_state(5, params, device), empty_state(5, params, device)
     stats_update_triton(x, kernel, params)
     stats_update_ref(x, ref, params)
     assert torch.equal(kernel["hist"], ref["hist"])

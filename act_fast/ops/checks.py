@@ -41,28 +41,80 @@ def normalize_channel_dim(x: Tensor, channel_dim: int, pool_spatial: bool) -> in
     return cd
 
 
-def check_channel_vector(v: object, name: str, num_channels: int, x: Tensor, what: str = "x") -> None:
-    """``v`` must be a floating ``[C]`` tensor on ``x``'s device."""
+def check_channel_vector(
+    v: object, name: str, num_channels: int, x: Tensor, what: str = "x", num_maps: int | None = None
+) -> None:
+    """``v`` must be a floating ``[C]`` tensor on ``x``'s device, or ``[K, C]`` when ``num_maps``
+    is given (``K = num_maps``; -1 accepts any ``K ≥ 1``)."""
+    expected = f"[{num_channels}]" if num_maps is None else f"[{'K' if num_maps < 0 else num_maps}, {num_channels}]"
     if not isinstance(v, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [{num_channels}], got {type(v).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(v).__name__}")
     if not v.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {v.dtype}")
-    if v.ndim != 1 or v.shape[0] != num_channels:
+    if num_maps is None:
+        if v.ndim != 1 or v.shape[0] != num_channels:
+            hint = "; pass map_index to select one of several [K, C] maps per row" if v.ndim == 2 else ""
+            raise ValueError(
+                f"{name} must have shape [{num_channels}] (one value per channel of {what} {list(x.shape)}), "
+                f"got {list(v.shape)}{hint}"
+            )
+    elif v.ndim != 2 or v.shape[1] != num_channels or v.shape[0] < 1 or (num_maps >= 0 and v.shape[0] != num_maps):
         raise ValueError(
-            f"{name} must have shape [{num_channels}] (one value per channel of {what} {list(x.shape)}), "
-            f"got {list(v.shape)}"
+            f"{name} must have shape {expected} with map_index (K maps, one value per channel of {what} "
+            f"{list(x.shape)}), got {list(v.shape)}"
         )
     if v.device != x.device:
         raise ValueError(f"{name} is on {v.device} but {what} is on {x.device}; move both to one device")
 
 
-def check_support(lo: Tensor | None, hi: Tensor | None, num_channels: int, x: Tensor) -> None:
-    """``lo`` and ``hi`` come together, each ``[C]``."""
+def check_support(lo: Tensor | None, hi: Tensor | None, num_channels: int, x: Tensor, num_maps: int | None = None) -> None:
+    """``lo`` and ``hi`` come together, each ``[C]`` (``[K, C]`` when ``num_maps`` is given)."""
     if (lo is None) != (hi is None):
         raise ValueError(f"lo and hi must be given together, got lo={'None' if lo is None else 'a tensor'} and hi={'None' if hi is None else 'a tensor'}")
     if lo is not None:
-        check_channel_vector(lo, "lo", num_channels, x)
-        check_channel_vector(hi, "hi", num_channels, x)
+        check_channel_vector(lo, "lo", num_channels, x, num_maps=num_maps)
+        check_channel_vector(hi, "hi", num_channels, x, num_maps=num_maps)
+
+
+def check_map_index(map_index: object, x: Tensor) -> None:
+    """``map_index`` must be None or an int32/int64 tensor on ``x``'s device, 0-d or ``[B]``
+    with ``B = x.shape[0]``. Its values are not read (that would sync the host)."""
+    if map_index is None:
+        return
+    if not isinstance(map_index, Tensor):
+        raise TypeError(f"map_index must be None or an int32/int64 tensor, got {type(map_index).__name__}")
+    if map_index.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"map_index must be an int32 or int64 tensor, got {map_index.dtype}")
+    if map_index.device != x.device:
+        raise ValueError(f"map_index is on {map_index.device} but x is on {x.device}; keep it on the model's device")
+    if map_index.ndim == 0:
+        return
+    if map_index.ndim != 1 or x.ndim < 2 or map_index.shape[0] != x.shape[0]:
+        rows = f"[{x.shape[0]}]" if x.ndim >= 2 else "a 0-d tensor (x has no batch dim)"
+        raise ValueError(
+            f"per-row map_index must have shape {rows}, one map per batch row of x {list(x.shape)}, "
+            f"got {list(map_index.shape)}"
+        )
+
+
+def check_maps(
+    weight: Tensor,
+    bias: Tensor,
+    lo: Tensor | None,
+    hi: Tensor | None,
+    map_index: Tensor | None,
+    num_channels: int,
+    x: Tensor,
+) -> None:
+    """The map of a transport op: ``weight``, ``bias`` (and ``lo``/``hi``, both or neither) are
+    ``[C]`` without ``map_index`` and ``[K, C]`` with it (one K for all of them)."""
+    check_map_index(map_index, x)
+    num_maps = None if map_index is None else -1
+    check_channel_vector(weight, "weight", num_channels, x, num_maps=num_maps)
+    if map_index is not None:
+        num_maps = weight.shape[0]
+    check_channel_vector(bias, "bias", num_channels, x, num_maps=num_maps)
+    check_support(lo, hi, num_channels, x, num_maps=num_maps)
 
 
 def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, float]:
@@ -108,6 +160,7 @@ def check_finite(**tensors: Tensor | None) -> None:
         if getattr(t, _CHECKED_VERSION, None) == version:
             continue
         if not bool(torch.isfinite(t).all()):
-            bad = (~torch.isfinite(t)).nonzero().flatten()[:8].tolist()
-            raise ValueError(f"{name} holds NaN or Inf (first bad channels: {bad}); a map must be finite")
+            bad = (~torch.isfinite(t)).nonzero()[:8]
+            what = "channels" if t.ndim == 1 else "[map, channel] entries"
+            raise ValueError(f"{name} holds NaN or Inf (first bad {what}: {bad.flatten().tolist() if t.ndim == 1 else bad.tolist()}); a map must be finite")
         setattr(t, _CHECKED_VERSION, version)

@@ -12,6 +12,9 @@ program per ``BLOCK_R`` rows. Rows whose ``next_power_of_2(C)`` is at most
 practice. LayerNorm statistics over chunks merge per-chunk mean and centred sum of squares
 (Chan), never ``Σx² − C·mean²``.
 
+With ``map_index`` the map tensors are ``[K, C]`` and row ``b`` of the batch uses map
+``map_index[b]`` (or the one 0-d index), as in :mod:`.transport`.
+
 Registered as ``torch.ops.act_fast.rms_norm_transport`` and ``torch.ops.act_fast.
 layer_norm_transport`` with fake (meta) kernels and autograd formulas: gradients for ``x``, the
 norm's weight and bias, the map's weight and bias and a strength tensor. The support mask is
@@ -32,10 +35,8 @@ from act_fast.ops.reference import (
     compute_dtype,
     layer_norm_transport_ref,
     rms_norm_transport_ref,
-    strength_tensor,
-    support_mask,
 )
-from act_fast.ops.transport import strength_kernel_args
+from act_fast.ops.transport import map_grad, map_kernel_args, strength_kernel_args, transport_backward
 
 # Rows with next_power_of_2(C) up to this are normed from registers (one read of x).
 MAX_SINGLE_TILE_C = 16384
@@ -48,7 +49,20 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from act_fast.ops.transport import load_strength
+    from act_fast.ops.transport import compute_rsqrt, load_strength, map_row_offset, map_tile_offsets
+
+    @triton.jit
+    def chan_merge_chunk(mean, m2, x, ok, start, n, BLOCK: tl.constexpr):
+        """Merges the chunk of ``n`` values per row that starts at ``start`` (``x: [ROWS, BLOCK]``,
+        0 where not ``ok``) into per-row ``(mean, M2)`` (``[ROWS]``): Chan's merge of the chunk's
+        mean and centred sum of squares, never ``Σx² − n·mean²``. Every earlier chunk is full."""
+        n_before = tl.zeros_like(mean) + start
+        n_chunk = tl.minimum(n - n_before, BLOCK)
+        chunk_mean = tl.sum(x, axis=1) / n_chunk
+        d = tl.where(ok, x - chunk_mean[:, None], 0.0)
+        delta = chunk_mean - mean
+        frac = n_chunk / (n_before + n_chunk)
+        return mean + delta * frac, m2 + tl.sum(d * d, axis=1) + delta * delta * n_before * frac
 
     @triton.jit
     def _load_row_tile(ptrs, ok, IS_F64: tl.constexpr):
@@ -61,19 +75,13 @@ if HAS_TRITON:
         return x
 
     @triton.jit
-    def _rsqrt(v, IS_F64: tl.constexpr):
-        if IS_F64:
-            r = 1.0 / tl.sqrt(v)  # IEEE float64 sqrt; the float64 rsqrt instruction is approximate
-        else:
-            r = tl.rsqrt(v)
-        return r
-
-    @triton.jit
     def _norm_map(
-        x, mean, rstd, cols, col_ok, lam, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr, weight_offset,
+        x, mean, rstd, cols, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr, weight_offset,
         RMS: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr, HAS_SUPPORT: tl.constexpr,
+        MAP_MODE: tl.constexpr,
     ):
-        """Normed value ``h`` of a ``[BLOCK_R, BLOCK_C]`` tile and its transport; ``mean`` unused for RMS."""
+        """Normed value ``h`` of a ``[BLOCK_R, BLOCK_C]`` tile and its transport; ``mean`` unused for
+        RMS; ``map_off`` the map row offset(s) (:func:`map_row_offset`)."""
         if RMS:
             h = x * rstd[:, None]
         else:
@@ -83,21 +91,23 @@ if HAS_TRITON:
             h = h * (nw + weight_offset)[None, :]
         if HAS_NB:
             h = h + tl.load(nb_ptr + cols, mask=col_ok, other=0.0).to(x.dtype)[None, :]
-        w = tl.load(w_ptr + cols, mask=col_ok, other=1.0).to(x.dtype)
-        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(x.dtype)
-        y = h + lam * ((w[None, :] * h + b[None, :]) - h)
+        map_offs = map_tile_offsets(map_off, cols, MAP_MODE)
+        map_ok = col_ok[None, :]
+        w = tl.load(w_ptr + map_offs, mask=map_ok, other=1.0).to(x.dtype)
+        b = tl.load(b_ptr + map_offs, mask=map_ok, other=0.0).to(x.dtype)
+        y = h + lam * ((w * h + b) - h)
         if HAS_SUPPORT:
-            lo = tl.load(lo_ptr + cols, mask=col_ok, other=0.0).to(x.dtype)
-            hi = tl.load(hi_ptr + cols, mask=col_ok, other=0.0).to(x.dtype)
-            y = tl.where((h > lo[None, :]) & (h < hi[None, :]), y, h)
+            lo = tl.load(lo_ptr + map_offs, mask=map_ok, other=0.0).to(x.dtype)
+            hi = tl.load(hi_ptr + map_offs, mask=map_ok, other=0.0).to(x.dtype)
+            y = tl.where((h > lo) & (h < hi), y, h)
         return y
 
     @triton.jit
     def _norm_transport_kernel(
-        x_ptr, y_ptr, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr, s_ptr, s_scalar, p_ptr,
+        x_ptr, y_ptr, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr, s_ptr, s_scalar, idx_ptr, p_ptr,
         R, C, stride_xr, stride_xc, rows_per_batch, eps, weight_offset,
         RMS: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr, HAS_SUPPORT: tl.constexpr,
-        STRENGTH_MODE: tl.constexpr, IS_F64: tl.constexpr, SINGLE_TILE: tl.constexpr,
+        STRENGTH_MODE: tl.constexpr, MAP_MODE: tl.constexpr, IS_F64: tl.constexpr, SINGLE_TILE: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -106,8 +116,10 @@ if HAS_TRITON:
         x_rows = x_ptr + rows64[:, None] * stride_xr
         y_rows = y_ptr + rows64[:, None] * C
         offs = tl.arange(0, BLOCK_C)
-        # padded rows (rows >= R) read the last row's λ rather than past the end of a [B] strength
-        lam = load_strength(s_ptr, s_scalar, tl.minimum(rows, R - 1) // rows_per_batch, STRENGTH_MODE, IS_F64)
+        # padded rows (rows >= R) read the last row's λ and map rather than past the end of a [B] tensor
+        batch = tl.minimum(rows, R - 1) // rows_per_batch
+        lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)
+        map_off = map_row_offset(idx_ptr, batch, C, MAP_MODE)
         if STRENGTH_MODE == 2:
             lam = lam[:, None]
         if IS_F64:  # Triton passes Python floats as float32; the launcher sends them as float64 here
@@ -118,14 +130,14 @@ if HAS_TRITON:
             ok = row_ok[:, None] & col_ok[None, :]
             x = _load_row_tile(x_rows + offs[None, :] * stride_xc, ok, IS_F64)
             if RMS:
-                rstd = _rsqrt(tl.sum(x * x, axis=1) / C + eps, IS_F64)
+                rstd = compute_rsqrt(tl.sum(x * x, axis=1) / C + eps, IS_F64)
                 mean = rstd  # unused by RMS
             else:
                 mean = tl.sum(x, axis=1) / C
                 xc = tl.where(ok, x - mean[:, None], 0.0)
-                rstd = _rsqrt(tl.sum(xc * xc, axis=1) / C + eps, IS_F64)
-            y = _norm_map(x, mean, rstd, offs, col_ok, lam, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
-                          weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT)
+                rstd = compute_rsqrt(tl.sum(xc * xc, axis=1) / C + eps, IS_F64)
+            y = _norm_map(x, mean, rstd, offs, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
+                          weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE)
             tl.store(y_rows + offs[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
         else:
             if RMS:
@@ -135,33 +147,24 @@ if HAS_TRITON:
                     ok = row_ok[:, None] & (cols < C)[None, :]
                     x = _load_row_tile(x_rows + cols[None, :] * stride_xc, ok, IS_F64)
                     acc += x * x
-                rstd = _rsqrt(tl.sum(acc, axis=1) / C + eps, IS_F64)
+                rstd = compute_rsqrt(tl.sum(acc, axis=1) / C + eps, IS_F64)
                 mean = rstd  # unused by RMS
             else:
-                # Chan merge of each chunk's (mean, centred sum of squares); every earlier chunk is full,
-                # so `start` channels are merged before the chunk at `start`.
                 mean = tl.zeros([BLOCK_R], dtype=tl.float64 if IS_F64 else tl.float32)
                 m2 = tl.zeros([BLOCK_R], dtype=tl.float64 if IS_F64 else tl.float32)
                 for start in range(0, C, BLOCK_C):
                     cols = start + offs
                     ok = row_ok[:, None] & (cols < C)[None, :]
                     x = _load_row_tile(x_rows + cols[None, :] * stride_xc, ok, IS_F64)
-                    n_before = tl.zeros([BLOCK_R], dtype=mean.dtype) + start
-                    n_chunk = tl.minimum(C - n_before, BLOCK_C)
-                    chunk_mean = tl.sum(x, axis=1) / n_chunk
-                    d = tl.where(ok, x - chunk_mean[:, None], 0.0)
-                    delta = chunk_mean - mean
-                    frac = n_chunk / (n_before + n_chunk)
-                    mean += delta * frac
-                    m2 += tl.sum(d * d, axis=1) + delta * delta * n_before * frac
-                rstd = _rsqrt(m2 / C + eps, IS_F64)
+                    mean, m2 = chan_merge_chunk(mean, m2, x, ok, start, C, BLOCK_C)
+                rstd = compute_rsqrt(m2 / C + eps, IS_F64)
             for start in range(0, C, BLOCK_C):
                 cols = start + offs
                 col_ok = cols < C
                 ok = row_ok[:, None] & col_ok[None, :]
                 x = _load_row_tile(x_rows + cols[None, :] * stride_xc, ok, IS_F64)
-                y = _norm_map(x, mean, rstd, cols, col_ok, lam, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
-                              weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT)
+                y = _norm_map(x, mean, rstd, cols, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
+                              weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE)
                 tl.store(y_rows + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
@@ -199,13 +202,15 @@ def norm_transport_triton(
     weight_offset: float = 0.0,
     out: Tensor | None = None,
     max_single_tile_c: int = MAX_SINGLE_TILE_C,
+    map_index: Tensor | None = None,
 ) -> Tensor:
     """Launches the fused kernel; arguments already validated.
 
     Args:
         x: ``[..., C]``, normalised over the last dim (any strides).
         norm_weight, norm_bias: ``[C]`` or None (``norm_bias`` must be None when ``rms``).
-        weight, bias, lo, hi: ``[C]`` map and support (``lo``/``hi`` both or neither).
+        weight, bias, lo, hi: ``[C]`` map and support (``lo``/``hi`` both or neither); ``[K, C]``
+            with ``map_index`` (0-d or ``[B]``, see :func:`rms_norm_transport`).
         strength: None (use ``scalar_strength``), 0-d, or ``[B]`` with ``B = x.shape[0]``.
         rms: RMSNorm (``weight_offset`` added to ``norm_weight``) if True, else LayerNorm.
         out: contiguous tensor shaped and typed like ``x`` to write into (a fresh one if None).
@@ -229,16 +234,15 @@ def norm_transport_triton(
     params = weight
     if is_f64:
         params = torch.tensor([eps, weight_offset], dtype=torch.float64, device=x.device)
-        if strength is None:
-            strength = torch.tensor(scalar_strength, dtype=torch.float64, device=x.device)
-    s_arg, s_scalar, s_mode = strength_kernel_args(strength, scalar_strength, weight)
+    s_arg, s_scalar, s_mode = strength_kernel_args(strength, scalar_strength, weight, is_f64)
+    idx_arg, map_mode = map_kernel_args(map_index, weight)
     block_r, block_c, single, warps = norm_config(R, C, max_single_tile_c)
     _norm_transport_kernel[(triton.cdiv(R, block_r),)](
         x2, out, weight if norm_weight is None else norm_weight, weight if norm_bias is None else norm_bias,
-        weight, bias, lo if has_support else weight, hi if has_support else weight, s_arg, s_scalar, params,
+        weight, bias, lo if has_support else weight, hi if has_support else weight, s_arg, s_scalar, idx_arg, params,
         R, C, x2.stride(0), x2.stride(1), rows_per_batch, float(eps), float(weight_offset),
         RMS=rms, HAS_NW=norm_weight is not None, HAS_NB=norm_bias is not None, HAS_SUPPORT=has_support,
-        STRENGTH_MODE=s_mode, IS_F64=is_f64, SINGLE_TILE=single,
+        STRENGTH_MODE=s_mode, MAP_MODE=map_mode, IS_F64=is_f64, SINGLE_TILE=single,
         BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
     return out
@@ -256,14 +260,17 @@ def _rms_norm_transport_op(
     hi: Tensor | None,
     eps: float,
     weight_offset: float,
+    map_index: Tensor | None,
 ) -> Tensor:
     if use_triton(x):
         return norm_transport_triton(
             x, norm_weight, None, weight, bias, strength, scalar_strength, lo, hi,
-            rms=True, eps=eps, weight_offset=weight_offset,
+            rms=True, eps=eps, weight_offset=weight_offset, map_index=map_index,
         )
     s: Strength = scalar_strength if strength is None else strength
-    return rms_norm_transport_ref(x, norm_weight, weight, bias, s, lo, hi, eps=eps, weight_offset=weight_offset).contiguous()
+    return rms_norm_transport_ref(
+        x, norm_weight, weight, bias, s, lo, hi, eps=eps, weight_offset=weight_offset, map_index=map_index
+    ).contiguous()
 
 
 @torch.library.custom_op("act_fast::layer_norm_transport", mutates_args=())
@@ -278,28 +285,25 @@ def _layer_norm_transport_op(
     lo: Tensor | None,
     hi: Tensor | None,
     eps: float,
+    map_index: Tensor | None,
 ) -> Tensor:
     if use_triton(x):
         return norm_transport_triton(
             x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, rms=False, eps=eps,
+            map_index=map_index,
         )
     s: Strength = scalar_strength if strength is None else strength
-    return layer_norm_transport_ref(x, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps).contiguous()
+    return layer_norm_transport_ref(x, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps, map_index=map_index).contiguous()
 
 
 @_rms_norm_transport_op.register_fake
-def _(x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, eps, weight_offset):
+def _(x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, eps, weight_offset, map_index):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @_layer_norm_transport_op.register_fake
-def _(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps):
+def _(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps, map_index):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-def _channel_sum(t: Tensor, like: Tensor) -> Tensor:
-    """Sums ``[..., C]`` over every dim but the last into ``like``'s (``[C]``) dtype."""
-    return t.reshape(-1, t.shape[-1]).sum(0).to(like.dtype)
 
 
 def _norm_transport_backward(
@@ -316,18 +320,18 @@ def _norm_transport_backward(
     eps: float,
     weight_offset: float,
     rms: bool,
+    map_index: Tensor | None,
     needs: tuple[bool, bool, bool, bool, bool, bool],
 ) -> tuple[Tensor | None, ...]:
     """Gradients ``(x, norm_weight, norm_bias, weight, bias, strength)``; None where not needed.
 
-    With ``x̂`` the unit-normed row (``rstd`` its scale), ``h = x̂ ⊙ s + nb`` (``s = nw + offset``)
-    and ``y = h + λ_in ((w − 1) h + b)`` (``λ_in = λ`` inside the support, 0 outside):
-    ``∂y/∂h = 1 + λ_in (w − 1)``; RMS ``∂x = rstd (g − x̂ mean(g x̂))``, LayerNorm
+    With ``x̂`` the unit-normed row (``rstd`` its scale) and ``h = x̂ ⊙ s + nb``
+    (``s = nw + offset``), the transport of ``h`` gives the gradients of the map, the strength
+    and ``h`` (:func:`transport_backward`); then RMS ``∂x = rstd (g − x̂ mean(g x̂))``, LayerNorm
     ``∂x = rstd (g − mean(g) − x̂ mean(g x̂))`` with ``g`` the gradient w.r.t. ``x̂``.
     """
     need_x, need_nw, need_nb, need_w, need_b, need_s = needs
     cdt = compute_dtype(x.dtype)
-    g = grad.to(cdt)
     xf = x.to(cdt)
     if rms:
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -340,26 +344,14 @@ def _norm_transport_backward(
     h = xhat if scale is None else xhat * scale
     if norm_bias is not None:
         h = h + norm_bias.to(cdt)
-    w = weight.to(cdt)
-    b = bias.to(cdt)
-    lam = strength_tensor(scalar_strength if strength is None else strength, x, cdt)
-    inside = support_mask(h, None if lo is None else lo.to(cdt), None if hi is None else hi.to(cdt))
-    lam_in = lam if inside is None else lam * inside
-    gh = g * (1.0 + lam_in * (w - 1.0))
-    gx = gnw = gnb = gw = gb = gs = None
-    if need_w:
-        gw = _channel_sum(g * lam_in * h, weight)
-    if need_b:
-        gb = _channel_sum(g * lam_in, bias)
-    if need_s and strength is not None:
-        delta = g * ((w * h + b) - h)
-        if inside is not None:
-            delta = delta * inside
-        gs = (delta.reshape(delta.shape[0], -1).sum(1) if strength.ndim == 1 else delta.sum()).to(strength.dtype)
+    gh, gw, gb, gs = transport_backward(
+        grad.to(cdt), h, weight, bias, strength, scalar_strength, lo, hi, h.ndim - 1, False, map_index
+    )
+    gx = gnw = gnb = None
     if need_nw and norm_weight is not None:
-        gnw = _channel_sum(gh * xhat, norm_weight)
+        gnw = map_grad(gh * xhat, norm_weight, None, -1)
     if need_nb and norm_bias is not None:
-        gnb = _channel_sum(gh, norm_bias)
+        gnb = map_grad(gh, norm_bias, None, -1)
     if need_x:
         gxhat = gh if scale is None else gh * scale
         proj = xhat * (gxhat * xhat).mean(-1, keepdim=True)
@@ -368,49 +360,49 @@ def _norm_transport_backward(
         else:
             gx = rstd * (gxhat - gxhat.mean(-1, keepdim=True) - proj)
         gx = gx.to(x.dtype)
-    return gx, gnw, gnb, gw, gb, gs
+    return gx, gnw, gnb, gw if need_w else None, gb if need_b else None, gs if need_s else None
 
 
 def _rms_setup_context(ctx, inputs, output):
-    x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, eps, weight_offset = inputs
-    ctx.save_for_backward(x, norm_weight, weight, bias, strength, lo, hi)
+    x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, eps, weight_offset, map_index = inputs
+    ctx.save_for_backward(x, norm_weight, weight, bias, strength, lo, hi, map_index)
     ctx.scalar_strength = scalar_strength
     ctx.eps = eps
     ctx.weight_offset = weight_offset
 
 
 def _rms_backward(ctx, grad: Tensor):
-    x, norm_weight, weight, bias, strength, lo, hi = ctx.saved_tensors
+    x, norm_weight, weight, bias, strength, lo, hi, map_index = ctx.saved_tensors
     n = ctx.needs_input_grad
     gx, gnw, _, gw, gb, gs = _norm_transport_backward(
         grad, x, norm_weight, None, weight, bias, strength, ctx.scalar_strength, lo, hi, ctx.eps,
-        ctx.weight_offset, True, (n[0], n[1], False, n[2], n[3], n[4]),
+        ctx.weight_offset, True, map_index, (n[0], n[1], False, n[2], n[3], n[4]),
     )
-    return gx, gnw, gw, gb, gs, None, None, None, None, None
+    return gx, gnw, gw, gb, gs, None, None, None, None, None, None
 
 
 def _layer_setup_context(ctx, inputs, output):
-    x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps = inputs
-    ctx.save_for_backward(x, norm_weight, norm_bias, weight, bias, strength, lo, hi)
+    x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps, map_index = inputs
+    ctx.save_for_backward(x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
     ctx.scalar_strength = scalar_strength
     ctx.eps = eps
 
 
 def _layer_backward(ctx, grad: Tensor):
-    x, norm_weight, norm_bias, weight, bias, strength, lo, hi = ctx.saved_tensors
+    x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index = ctx.saved_tensors
     n = ctx.needs_input_grad
     gx, gnw, gnb, gw, gb, gs = _norm_transport_backward(
         grad, x, norm_weight, norm_bias, weight, bias, strength, ctx.scalar_strength, lo, hi, ctx.eps,
-        0.0, False, (n[0], n[1], n[2], n[3], n[4], n[5]),
+        0.0, False, map_index, (n[0], n[1], n[2], n[3], n[4], n[5]),
     )
-    return gx, gnw, gnb, gw, gb, gs, None, None, None, None
+    return gx, gnw, gnb, gw, gb, gs, None, None, None, None, None
 
 
 _rms_norm_transport_op.register_autograd(_rms_backward, setup_context=_rms_setup_context)
 _layer_norm_transport_op.register_autograd(_layer_backward, setup_context=_layer_setup_context)
 
 
-def _check_number(value: object, name: str, *, non_negative: bool) -> float:
+def check_number(value: object, name: str, *, non_negative: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     v = float(value)
@@ -419,19 +411,19 @@ def _check_number(value: object, name: str, *, non_negative: bool) -> float:
     return v
 
 
-def _check_common(
+def check_norm_common(
     x: Tensor, norm_weight: Tensor | None, norm_bias: Tensor | None, weight: Tensor, bias: Tensor,
-    strength: Strength, lo: Tensor | None, hi: Tensor | None,
+    strength: Strength, lo: Tensor | None, hi: Tensor | None, map_index: Tensor | None, channel_dim: int = -1,
 ) -> tuple[Tensor | None, float]:
+    """Validates a fused norm + transport call (``x`` already checked to have ``channel_dim``);
+    returns the strength as ``(tensor, scalar)``."""
     checks.check_input(x)
-    C = x.shape[-1]
+    C = x.shape[channel_dim]
     if norm_weight is not None:
         checks.check_channel_vector(norm_weight, "norm_weight", C, x)
     if norm_bias is not None:
         checks.check_channel_vector(norm_bias, "norm_bias", C, x)
-    checks.check_channel_vector(weight, "weight", C, x)
-    checks.check_channel_vector(bias, "bias", C, x)
-    checks.check_support(lo, hi, C, x)
+    checks.check_maps(weight, bias, lo, hi, map_index, C, x)
     s_tensor, s_scalar = checks.normalize_strength(strength, x)
     checks.check_finite(norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias, lo=lo, hi=hi)
     return s_tensor, s_scalar
@@ -448,6 +440,7 @@ def rms_norm_transport(
     *,
     eps: float = 1e-6,
     weight_offset: float = 0.0,
+    map_index: Tensor | None = None,
 ) -> Tensor:
     """RMSNorm over the last dim, then the affine transport of its output, in one pass.
 
@@ -458,25 +451,31 @@ def rms_norm_transport(
         x: ``[..., C]`` channels last, any leading dims and strides. float32 / bfloat16 / float16
             (computed in float32) or float64 (computed in float64).
         norm_weight: ``[C]`` RMSNorm weight, or None (no weight).
-        weight, bias: ``[C]`` map applied to the normed value.
+        weight, bias: ``[C]`` map applied to the normed value; ``[K, C]`` with ``map_index``.
         strength: λ as a Python float, a 0-d tensor, or ``[B]`` with one value per batch row
             (``B = x.shape[0]``). A tensor λ can be changed in place without recompiling.
-        lo, hi: ``[C]`` support bounds on the normed value, both or neither.
+        lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds on the normed value, both
+            or neither.
         eps: added to ``mean(x²)`` (non-negative).
         weight_offset: added to ``norm_weight``; 1.0 is Gemma's ``(1 + weight)`` RMSNorm.
+        map_index: None, or an int32/int64 index into the K maps on ``x``'s device: 0-d (one map
+            for every row) or ``[B]`` (map ``map_index[b]`` for ``x[b]``). Values must lie in
+            ``[0, K)`` and are not checked (see :func:`act_fast.ops.affine_transport`).
 
     Returns:
         ``y`` with ``x``'s shape and dtype, contiguous.
 
     Raises:
-        TypeError: non-float ``x``/weights/strength, non-number ``eps``/``weight_offset``.
-        ValueError: channel-count, strength-rows, support-shape or device mismatch; NaN/Inf in
-            ``norm_weight``, ``weight``, ``bias``, ``lo`` or ``hi``; negative ``eps``.
+        TypeError: non-float ``x``/weights/strength, non-integer ``map_index``, non-number
+            ``eps``/``weight_offset``.
+        ValueError: channel-count, strength-rows, map_index-rows, map-count, support-shape or
+            device mismatch; NaN/Inf in ``norm_weight``, ``weight``, ``bias``, ``lo`` or ``hi``;
+            negative ``eps``.
     """
-    s_tensor, s_scalar = _check_common(x, norm_weight, None, weight, bias, strength, lo, hi)
-    eps = _check_number(eps, "eps", non_negative=True)
-    weight_offset = _check_number(weight_offset, "weight_offset", non_negative=False)
-    return _rms_norm_transport_op(x, norm_weight, weight, bias, s_tensor, s_scalar, lo, hi, eps, weight_offset)
+    s_tensor, s_scalar = check_norm_common(x, norm_weight, None, weight, bias, strength, lo, hi, map_index)
+    eps = check_number(eps, "eps", non_negative=True)
+    weight_offset = check_number(weight_offset, "weight_offset", non_negative=False)
+    return _rms_norm_transport_op(x, norm_weight, weight, bias, s_tensor, s_scalar, lo, hi, eps, weight_offset, map_index)
 
 
 def layer_norm_transport(
@@ -490,6 +489,7 @@ def layer_norm_transport(
     hi: Tensor | None = None,
     *,
     eps: float = 1e-5,
+    map_index: Tensor | None = None,
 ) -> Tensor:
     """LayerNorm over the last dim, then the affine transport of its output, in one pass.
 
@@ -500,19 +500,22 @@ def layer_norm_transport(
         x: ``[..., C]`` channels last, any leading dims and strides. float32 / bfloat16 / float16
             (computed in float32) or float64 (computed in float64).
         norm_weight, norm_bias: ``[C]`` LayerNorm affine, each or both None.
-        weight, bias: ``[C]`` map applied to the normed value.
+        weight, bias: ``[C]`` map applied to the normed value; ``[K, C]`` with ``map_index``.
         strength: λ as a Python float, a 0-d tensor, or ``[B]`` (``B = x.shape[0]``).
-        lo, hi: ``[C]`` support bounds on the normed value, both or neither.
+        lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds on the normed value, both
+            or neither.
         eps: added to the variance (non-negative).
+        map_index: None, or a 0-d / ``[B]`` int32/int64 index into the K maps, as in
+            :func:`rms_norm_transport`.
 
     Returns:
         ``y`` with ``x``'s shape and dtype, contiguous.
 
     Raises:
-        TypeError: non-float ``x``/weights/strength, non-number ``eps``.
-        ValueError: channel-count, strength-rows, support-shape or device mismatch; NaN/Inf in
-            the norm's or the map's tensors; negative ``eps``.
+        TypeError: non-float ``x``/weights/strength, non-integer ``map_index``, non-number ``eps``.
+        ValueError: channel-count, strength-rows, map_index-rows, map-count, support-shape or
+            device mismatch; NaN/Inf in the norm's or the map's tensors; negative ``eps``.
     """
-    s_tensor, s_scalar = _check_common(x, norm_weight, norm_bias, weight, bias, strength, lo, hi)
-    eps = _check_number(eps, "eps", non_negative=True)
-    return _layer_norm_transport_op(x, norm_weight, norm_bias, weight, bias, s_tensor, s_scalar, lo, hi, eps)
+    s_tensor, s_scalar = check_norm_common(x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
+    eps = check_number(eps, "eps", non_negative=True)
+    return _layer_norm_transport_op(x, norm_weight, norm_bias, weight, bias, s_tensor, s_scalar, lo, hi, eps, map_index)

@@ -217,8 +217,8 @@ def test_default_backend_matches_reference(norm, device):
 def op_args(norm, x, nw, nb, w, b, s, lo, hi, eps=1e-5, offset=0.0):
     s_tensor, s_scalar = checks.normalize_strength(s, x)
     if norm == "rms":
-        return torch.ops.act_fast.rms_norm_transport.default, (x, nw, w, b, s_tensor, s_scalar, lo, hi, eps, offset)
-    return torch.ops.act_fast.layer_norm_transport.default, (x, nw, nb, w, b, s_tensor, s_scalar, lo, hi, eps)
+        return torch.ops.act_fast.rms_norm_transport.default, (x, nw, w, b, s_tensor, s_scalar, lo, hi, eps, offset, None)
+    return torch.ops.act_fast.layer_norm_transport.default, (x, nw, nb, w, b, s_tensor, s_scalar, lo, hi, eps, None)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -196,7 +196,7 @@ def test_opcheck(shape, channel_dim, pool, strength, support, backend, device):
         w, b, lo, hi = make_map(shape[channel_dim], device, support)
         w.requires_grad_(), b.requires_grad_()
         _, (s, scalar) = make_strength(strength, shape[0], device)
-        args = (x, w, b, s, scalar, lo, hi, channel_dim % len(shape), pool)
+        args = (x, w, b, s, scalar, lo, hi, channel_dim % len(shape), pool, None)
         torch.library.opcheck(torch.ops.act_fast.affine_transport.default, args)
     finally:
         set_backend(previous)
@@ -216,6 +216,13 @@ def test_gradcheck_float64(layout, support, device):
     assert torch.autograd.gradcheck(fn, (x, w, b, s))
     s0 = torch.tensor(0.8, **kw, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (x, w, b, s0))
+
+
+def test_gradcheck_one_dim_input(device):
+    """``x: [C]`` (no batch dim): the map's gradients are the per-channel products, not a sum."""
+    kw = dict(dtype=torch.float64, device=device)
+    x, w, b = (torch.randn(6, **kw, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda x, w, b: af.ops.affine_transport(x, w, b, 0.7), (x, w, b))
 
 
 def test_gradient_is_identity_outside_the_support(device):

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from act_fast.estimators.closed_form import METHODS, fit_map
 from act_fast.estimators.support import Support, support_levels, support_name
 from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
-from act_fast.stats import ChannelStats, collect, sites as preset_sites
+from act_fast.integrations import sites as preset_sites
+from act_fast.stats import ChannelStats, collect
 from act_fast.stats.collect import first_tensor
 
 Batches = Iterable[Mapping[str, Any]]

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from act_fast.estimators.fit import _transport_hook
 from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
-from act_fast.stats import collect, sites as preset_sites
+from act_fast.integrations import sites as preset_sites
+from act_fast.stats import collect
 from act_fast.stats.collect import _model_device, _resolve, _StopForward, site_rows
 from act_fast.stats.pooling import POOLINGS
 

@@ -1,9 +1,9 @@
 """Streaming per-channel activation statistics (DESIGN.md §2) and their collection from models."""
 
+from act_fast.integrations import sites
 from act_fast.stats.channel_stats import ChannelStats
 from act_fast.stats.collect import collect
 from act_fast.stats.histogram import HistogramParams, HistogramQuantiles, cross_moment, histogram_auroc, midpoint_grid
-from act_fast.stats.site_presets import sites
 
 __all__ = [
     "ChannelStats",

@@ -201,12 +201,12 @@ def test_pool_and_update_never_read_device_values(backend, pooling):
 
 def test_site_presets(llama):
     layers = [f"model.layers.{i}" for i in range(2)]
-    assert af.sites(llama) == [f"{l}.{n}" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
-    assert af.sites(llama, "layernorm")[-1] == "model.norm"
+    assert af.sites(llama) == [f"{l}.post_attention_layernorm" for l in layers]
+    assert af.sites(llama, "layernorm") == [f"{l}.{n}" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
     assert af.sites(llama, "o_proj") == [f"{l}.self_attn.o_proj" for l in layers]
     assert af.sites(llama, "attn_out") == [f"{l}.self_attn" for l in layers]
     assert af.sites(llama, "mlp_out") == [f"{l}.mlp" for l in layers]
-    with pytest.raises(ValueError, match="matches no module"):
+    with pytest.raises(ValueError, match="no site presets for Linear"):
         af.sites(nn.Linear(2, 2))
 
 

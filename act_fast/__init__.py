@@ -8,13 +8,16 @@ See DESIGN.md for the math. Public entry points:
 
 from act_fast import ops
 from act_fast._version import __version__
-from act_fast.stats import ChannelStats, collect, sites
+from act_fast.integrations import sites
+from act_fast.stats import ChannelStats, collect
 from act_fast.maps import AffineMap, SteeringMaps, load_maps
 from act_fast.estimators import fit, fit_lineas, fit_map, import_reference_maps
+from act_fast.steer import SteeringHandle, steer
 
 __all__ = [
     "AffineMap",
     "ChannelStats",
+    "SteeringHandle",
     "SteeringMaps",
     "__version__",
     "collect",
@@ -25,4 +28,5 @@ __all__ = [
     "load_maps",
     "ops",
     "sites",
+    "steer",
 ]

@@ -14,7 +14,8 @@ from act_fast.estimators.support import Support, support_levels, support_name
 from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
 from act_fast.integrations import sites as preset_sites
 from act_fast.stats import ChannelStats, collect
-from act_fast.stats.collect import first_tensor
+from act_fast.stats.collect import model_device
+from act_fast.steer import steer
 
 Batches = Iterable[Mapping[str, Any]]
 # Below this many pooled samples per side, exact order statistics are cheap: keep the raw rows.
@@ -31,23 +32,6 @@ def _rows_in(batches: Sequence[Mapping[str, Any]], pooling: str) -> int:
     return total
 
 
-def _transport_hook(m: AffineMap):
-    """A forward hook replacing the module's output (first tensor of a tuple) by ``m`` at λ = 1;
-    conv features ``[B, C, H, W]`` get the pooled map, as in fitting."""
-
-    def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        out = first_tensor(output)
-        spatial = out.ndim >= 4
-        steered = m.apply(out, 1.0, channel_dim=1 if spatial else -1, pool_spatial=spatial)
-        if isinstance(output, Tensor):
-            return steered
-        items = list(output)
-        items[next(i for i, v in enumerate(items) if v is out)] = steered
-        return type(output)(items)
-
-    return hook
-
-
 def forward_order(model: nn.Module, site_names: Sequence[str], batch: Mapping[str, Any]) -> list[str]:
     """``site_names`` sorted by when each module first runs in ``model(**batch)`` (registration
     order differs from forward order in many models, e.g. Llama's post-attention norm)."""
@@ -57,7 +41,7 @@ def forward_order(model: nn.Module, site_names: Sequence[str], batch: Mapping[st
         modules[name].register_forward_hook(lambda mod, a, o, name=name: order.append(name) if name not in order else None)
         for name in site_names
     ]
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         with torch.no_grad():
             model(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
@@ -127,14 +111,14 @@ def fit(
         for name in site_names:
             maps[name] = fit_map(src_stats[name], tgt_stats[name], method, support, std_eps)
     else:
-        modules = dict(model.named_modules())
         ordered = forward_order(model, site_names, source[0])
         handles = []
         try:
             for name in tqdm(ordered, desc="fit (incremental)", disable=not progress, leave=False):
                 src_stats, tgt_stats = gather([name], source), gather([name], target)
                 maps[name] = fit_map(src_stats[name], tgt_stats[name], method, support, std_eps)
-                handles.append(modules[name].register_forward_hook(_transport_hook(maps[name])))
+                # Later sites are fitted on activations transported by this map at λ = 1.
+                handles.append(steer(model, {name: maps[name]}, 1.0, mode="op"))
         finally:
             for h in handles:
                 h.remove()

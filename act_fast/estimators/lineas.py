@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from act_fast.estimators.fit import _transport_hook
 from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
 from act_fast.integrations import sites as preset_sites
 from act_fast.stats import collect
-from act_fast.stats.collect import _model_device, _resolve, _StopForward, site_rows
+from act_fast.stats.collect import StopForward, model_device, resolve_sites, site_rows
 from act_fast.stats.pooling import POOLINGS
+from act_fast.steer import steer
 
 Batches = Iterable[Mapping[str, Any]]
 OPTIMIZERS = ("adam", "sgd")
@@ -156,7 +156,7 @@ class _PooledSteered:
             rows, row_mask = site_rows(output, self.mask, self.pooling, site, module)
             self.rows[site] = rows if row_mask is None else rows[row_mask]
             if len(self.rows) == len(self.site_names):
-                raise _StopForward
+                raise StopForward
 
         return fn
 
@@ -245,8 +245,8 @@ def fit_lineas(
     source, target = list(source_batches), list(target_batches)
     if not source or not target:
         raise ValueError(f"fit_lineas needs batches on both sides, got {len(source)} source and {len(target)} target batches")
-    modules = _resolve(model, site_names)
-    device = _model_device(model)
+    modules = resolve_sites(model, site_names)
+    device = model_device(model)
     model_type, fingerprint = model_fingerprint(model)
 
     target_stats = collect(model, site_names, target, pooling, progress=False, stop_early=True, exact=True)
@@ -272,10 +272,10 @@ def fit_lineas(
     try:
         for p, _ in grad_flags:
             p.requires_grad_(False)
-        for site, module in modules.items():
-            # The transport hook runs first, so the pooling hook sees the steered output.
-            handles.append(module.register_forward_hook(_transport_hook(AffineMap(*params[site]))))
-            handles.append(module.register_forward_hook(pooled.hook(site)))
+        # The maps are the trained tensors themselves (op mode: gradients reach them through the
+        # transport op). Steering hooks run before the pooling hooks registered after them.
+        handles.append(steer(model, {site: AffineMap(*params[site]) for site in modules}, 1.0, mode="op"))
+        handles += [module.register_forward_hook(pooled.hook(site)) for site, module in modules.items()]
         bar = tqdm(range(steps), desc="fit_lineas", disable=not progress, leave=False)
         for step in bar:
             batch = source[step % len(source)]
@@ -285,7 +285,7 @@ def fit_lineas(
             pooled.rows = {}
             try:
                 model(**inputs)
-            except _StopForward:
+            except StopForward:
                 pass
             missing = [site for site in site_names if site not in pooled.rows]
             if missing:

@@ -30,13 +30,13 @@ def first_tensor(output: Any) -> Tensor | None:
     return None
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
 
 
-def _resolve(model: nn.Module, site_names: Sequence[str]) -> dict[str, nn.Module]:
+def resolve_sites(model: nn.Module, site_names: Sequence[str]) -> dict[str, nn.Module]:
     modules = dict(model.named_modules())
     resolved = {}
     for name in site_names:
@@ -68,19 +68,19 @@ def site_rows(output: Any, mask: Tensor | None, pooling: str, site: str, module:
     return pool(tokens, mask, pooling)
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised by a hook once every site has produced its output, to skip the rest of the model."""
 
 
 def _stop_when_all_ran(site_names: Sequence[str]):
-    """A hook factory and a reset: the hooks raise :class:`_StopForward` once every site ran."""
+    """A hook factory and a reset: the hooks raise :class:`StopForward` once every site ran."""
     ran: set[str] = set()
 
     def make(site: str):
         def fn(module: nn.Module, args: Any, output: Any) -> None:
             ran.add(site)
             if len(ran) == len(site_names):
-                raise _StopForward
+                raise StopForward
 
         return fn
 
@@ -140,9 +140,9 @@ def collect(
     site_names = [sites] if isinstance(sites, str) else list(sites)
     if not site_names:
         raise ValueError("collect needs at least one site")
-    modules = _resolve(model, site_names)
+    modules = resolve_sites(model, site_names)
     collector = _Collector(pooling, stats_kwargs)
-    device = _model_device(model)
+    device = model_device(model)
     handles = [module.register_forward_hook(collector.hook(name)) for name, module in modules.items()]
     if stop_early:
         make_stop, reset_stop = _stop_when_all_ran(site_names)
@@ -159,7 +159,7 @@ def collect(
                 collector.mask = None if mask is None else mask.to(torch.bool)
                 try:
                     model(**inputs)
-                except _StopForward:
+                except StopForward:
                     pass
                 if stop_early:
                     reset_stop()

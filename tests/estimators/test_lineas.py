@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import act_fast as af
-from act_fast.estimators.fit import _transport_hook
 from act_fast.estimators.lineas import LineasMaps, proximal_step, support_report, wasserstein2
 from tolerances import assert_close
 
@@ -39,13 +38,12 @@ SOURCE, TARGET = (0, 50), (50, 100)
 
 def pooled_rows(model, sites, batches, maps=None) -> dict[str, torch.Tensor]:
     """Mean-pooled outputs ``{site: [N, C]}`` (padding excluded), with ``maps`` applied at λ = 1."""
-    modules = dict(model.named_modules())
-    handles = [modules[s].register_forward_hook(_transport_hook(m)) for s, m in (maps or {}).items()]
+    handle = af.steer(model, maps, 1.0, mode="op") if maps else None
     try:
         stats = af.collect(model, sites, batches, progress=False, exact=True)
     finally:
-        for h in handles:
-            h.remove()
+        if handle is not None:
+            handle.remove()
     return {s: stats[s].samples for s in sites}
 
 

@@ -33,3 +33,56 @@ def test_channel_stats_update(timed, device, shape, dtype):
     x = _data(shape, dtype, device)
     stats = af.ChannelStats(shape[1], device=device)
     timed(stats.update, x, bytes_moved=x.numel() * x.element_size())
+
+
+# ---------------------------------------------------------------------------- collection
+# ``af.collect`` on every norm site of a small Llama vs the plain forward of the same batches
+# (DESIGN.md §6: collection ≤ 10 % over a plain forward; on CPU a ratio of eager paths only).
+LLAMA = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=512)
+COLLECT_BATCHES = 4
+
+
+@pytest.mark.parametrize("pooling", ["plain_forward", "mean", "none"])
+def test_collect_all_sites(pooling, device, benchmark):
+    import statistics
+    import time
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    benchmark.group = f"collect, Llama {LLAMA['num_hidden_layers']}x{LLAMA['hidden_size']}, {COLLECT_BATCHES} batches of 8x64"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA)).to(device).eval()
+    sites = af.sites(model, "layernorm")
+    ids = torch.randint(0, LLAMA["vocab_size"], (8, 64), device=device)
+    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "logits_to_keep": 1}] * COLLECT_BATCHES
+
+    def plain():
+        with torch.no_grad():
+            for b in batches:
+                model(**b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def collect():
+        af.collect(model, sites, batches, pooling=pooling, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    fn = plain if pooling == "plain_forward" else collect
+    fn()
+    benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=1)
+    if fn is collect:  # paired: alternate collect and plain forwards, medians of each
+        tc, tp = [], []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            collect()
+            t1 = time.perf_counter()
+            plain()
+            tc.append(t1 - t0)
+            tp.append(time.perf_counter() - t1)
+        benchmark.extra_info["paired_collect_ms"] = round(statistics.median(tc) * 1e3, 3)
+        benchmark.extra_info["paired_plain_ms"] = round(statistics.median(tp) * 1e3, 3)
+        benchmark.extra_info["overhead_vs_plain"] = round(statistics.median(tc) / statistics.median(tp) - 1, 4)
+    benchmark.extra_info["sites"] = len(sites)
+    benchmark.extra_info["threads"] = torch.get_num_threads()

@@ -1,0 +1,1 @@
+"""Helpers of ``benchmarks/run_gpu.py``: timing, model configs, sections, report."""

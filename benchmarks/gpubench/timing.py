@@ -1,0 +1,137 @@
+"""Timing: warm-up, then the median of repeated runs, with CUDA events on a GPU.
+
+Every figure of the GPU script goes through :class:`Timer`:
+
+- ``Timer.run(fn)``: ``warmup`` calls, a synchronisation, then ``repeats`` timed runs, each of
+  ``inner`` back-to-back calls between two CUDA events (host launch overhead included, as a
+  caller sees it). ``inner`` is picked so that one run lasts about ``min_run_ms`` (small kernels
+  are otherwise dominated by event resolution).
+- ``Timer.graph(fn)``: the same ``inner`` calls captured once in a CUDA graph and replayed:
+  device time without Python/launch overhead (what a CUDA-graphed decode step pays). CUDA only.
+
+On CPU (``--smoke``) the same code runs with ``time.perf_counter`` around each run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Milliseconds per call: median, min, max over ``repeats`` runs of ``inner`` calls."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+    inner: int
+    method: str  # "cuda_events" | "cuda_graph" | "perf_counter"
+    times_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["times_ms"] = [round(t, 6) for t in self.times_ms]
+        return d
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class Timer:
+    def __init__(self, device: str, warmup: int = 3, repeats: int = 20, min_run_ms: float = 2.0, max_inner: int = 200):
+        self.device = device
+        self.warmup = max(0, warmup)
+        self.repeats = max(1, repeats)
+        self.min_run_ms = min_run_ms
+        self.max_inner = max_inner
+
+    # ------------------------------------------------------------------ helpers
+    def _elapsed_ms(self, body: Callable[[], None]) -> float:
+        if self.device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            body()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        body()
+        return (time.perf_counter() - t0) * 1e3
+
+    def _pick_inner(self, fn: Callable[[], object], inner: int | None) -> int:
+        if inner is not None:
+            return max(1, inner)
+        one = self._elapsed_ms(fn)
+        if one <= 0:
+            return self.max_inner
+        return int(min(self.max_inner, max(1, math.ceil(self.min_run_ms / one))))
+
+    def _summary(self, times: list[float], inner: int, method: str) -> Timing:
+        per_call = [t / inner for t in times]
+        return Timing(statistics.median(per_call), min(per_call), max(per_call), len(per_call), inner, method, per_call)
+
+    # ------------------------------------------------------------------ public
+    def run(self, fn: Callable[[], object], *, inner: int | None = None, repeats: int | None = None,
+            warmup: int | None = None, between: Callable[[], object] | None = None) -> Timing:
+        """Median time of one ``fn()`` call. ``between`` runs untimed before every timed run
+        (e.g. resetting a decode cache position)."""
+        for _ in range(self.warmup if warmup is None else warmup):
+            if between is not None:
+                between()
+            fn()
+        synchronize(self.device)
+        if between is not None:
+            between()
+        n_inner = self._pick_inner(fn, inner)
+        times = []
+
+        def body() -> None:
+            for _ in range(n_inner):
+                fn()
+
+        for _ in range(self.repeats if repeats is None else repeats):
+            if between is not None:
+                between()
+                synchronize(self.device)
+            times.append(self._elapsed_ms(body))
+        return self._summary(times, n_inner, "cuda_events" if self.device == "cuda" else "perf_counter")
+
+    def graph(self, fn: Callable[[], object], *, inner: int | None = None) -> Timing | None:
+        """Device time of ``fn()`` replayed from a CUDA graph; None off CUDA or if capture fails."""
+        if self.device != "cuda":
+            return None
+        for _ in range(max(1, self.warmup)):
+            fn()
+        torch.cuda.synchronize()
+        n_inner = self._pick_inner(fn, inner)
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # side-stream warm-up, as torch.cuda.graphs recommends
+                fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(n_inner):
+                    fn()
+        except Exception:  # noqa: BLE001 - a function that cannot be captured gets no graph figure
+            torch.cuda.synchronize()
+            return None
+        g.replay()
+        torch.cuda.synchronize()
+        times = [self._elapsed_ms(g.replay) for _ in range(self.repeats)]
+        del g
+        return self._summary(times, n_inner, "cuda_graph")
+
+
+def gbps(bytes_moved: int, ms: float) -> float:
+    return bytes_moved / (ms * 1e-3) / 1e9 if ms > 0 else float("nan")

@@ -1,0 +1,93 @@
+"""The demo's outputs: an aligned text table, a JSON of the numbers and a PNG plot of the curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from act_fast.demo.metrics import Scores
+from act_fast.demo.run import DemoResult
+
+MAPS_FILE, JSON_FILE, PLOT_FILE = "maps.safetensors", "results.json", "curves.png"
+
+
+def _columns(result: DemoResult) -> list[tuple[str, Callable[[Scores], float], str]]:
+    src, tgt = result.config.source, result.config.target
+    return [
+        (f"probe: {tgt}", lambda s: s.target_fraction, ".2f"),
+        (f"p({tgt})", lambda s: s.target_prob, ".2f"),
+        (f"cos({src})", lambda s: s.cos_source, ".3f"),
+        (f"cos({tgt})", lambda s: s.cos_target, ".3f"),
+    ]
+
+
+def format_table(result: DemoResult) -> str:
+    """The header lines and one aligned row per strength, then the unsteered held-out target row."""
+    cfg = result.config
+    cols = _columns(result)
+    widths = [max(len(name), 7) for name, _, _ in cols]
+
+    def line(first: str, scores: Scores) -> str:
+        cells = [f"{get(scores):{w}{fmt}}" for (_, get, fmt), w in zip(cols, widths)]
+        return f"{first:>6}  " + "  ".join(cells)
+
+    out = [
+        f"{result.model_name}: Linear-AcT (incremental, support {cfg.support}) on {len(result.sites)} "
+        f"{cfg.sites} sites, {cfg.source} → {cfg.target}",
+        f"fit on {result.num_fit} sentences per topic; scored on {result.num_held_out[cfg.source]} held-out "
+        f"{cfg.source} sentences, steered at strength λ",
+        f"probe: logistic regression ({cfg.source} vs {cfg.target}) on unsteered fit embeddings; "
+        "cos: cosine to each topic's centroid (mean unsteered fit embedding)",
+        "",
+        f"{'λ':>6}  " + "  ".join(f"{name:>{w}}" for (name, _, _), w in zip(cols, widths)),
+    ]
+    out += [line(f"{lam:.2f}", scores) for lam, scores in zip(cfg.strengths, result.rows)]
+    out += [f"reference: {result.num_held_out[cfg.target]} held-out {cfg.target} sentences, unsteered", line("-", result.reference)]
+    return "\n".join(out)
+
+
+def plot_curves(result: DemoResult, path: Path) -> Path:
+    """Two panels against λ: the probe's verdict and the cosines to the two centroids, with the
+    unsteered held-out target sentences as dashed reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg, ref = result.config, result.reference
+    lams = list(cfg.strengths)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, series in (
+        (left, [(f"classified {cfg.target}", "target_fraction", "C0"), (f"mean p({cfg.target})", "target_prob", "C1")]),
+        (right, [(f"cos to {cfg.source} centroid", "cos_source", "C2"), (f"cos to {cfg.target} centroid", "cos_target", "C3")]),
+    ):
+        for label, key, color in series:
+            ax.plot(lams, [getattr(s, key) for s in result.rows], "o-", color=color, label=label)
+            ax.axhline(getattr(ref, key), color=color, linestyle="--", linewidth=1, label=f"{label}: {cfg.target} held-out, unsteered")
+        ax.set_xlabel("strength λ")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_title(f"linear probe on held-out {cfg.source} sentences")
+    left.set_ylim(-0.03, 1.03)
+    right.set_title("cosine to topic centroids")
+    fig.suptitle(f"{result.model_name}: Linear-AcT on {len(result.sites)} {cfg.sites} sites, {cfg.source} → {cfg.target}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def save(result: DemoResult, out: str | os.PathLike, plot: bool = True) -> dict[str, Path]:
+    """Writes the maps (atomically, see :meth:`SteeringMaps.save`), the numbers (JSON) and, with
+    ``plot``, the PNG into folder ``out``; returns their paths."""
+    out = Path(out)
+    files = {"maps": result.maps.save(out / MAPS_FILE)}
+    if plot:
+        files["plot"] = plot_curves(result, out / PLOT_FILE)
+    files["json"] = out / JSON_FILE
+    files["json"].write_text(json.dumps(result.as_json(), indent=2) + "\n", encoding="utf-8")
+    return files

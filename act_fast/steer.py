@@ -101,20 +101,27 @@ class _Site:
     hook: Any = None
 
 
+def _one_set(m: Any) -> SteeringMaps | None:
+    """``m`` as a SteeringMaps when it is one map set (a SteeringMaps or a dict site -> AffineMap)."""
+    if isinstance(m, SteeringMaps):
+        return m
+    if isinstance(m, Mapping) and m and all(isinstance(v, AffineMap) for v in m.values()):
+        return SteeringMaps(dict(m))
+    return None
+
+
 def _as_map_sets(maps: MapSets) -> tuple[dict[str, SteeringMaps], bool]:
     """``({name: SteeringMaps}, multi)``; one set is named ``""``."""
-    def as_steering(m: Any, what: str) -> SteeringMaps:
-        if isinstance(m, SteeringMaps):
-            return m
-        if isinstance(m, Mapping) and m and all(isinstance(v, AffineMap) for v in m.values()):
-            return SteeringMaps(dict(m))
-        raise TypeError(f"{what} must be a SteeringMaps or a dict of site -> AffineMap, got {type(m).__name__}")
-
-    if isinstance(maps, SteeringMaps) or (isinstance(maps, Mapping) and maps and all(isinstance(v, AffineMap) for v in maps.values())):
-        return {"": as_steering(maps, "maps")}, False
+    single = _one_set(maps)
+    if single is not None:
+        return {"": single}, False
     if not isinstance(maps, Mapping) or not maps:
         raise TypeError("maps must be a SteeringMaps, a dict of site -> AffineMap, or a non-empty dict of name -> SteeringMaps")
-    sets = {str(name): as_steering(m, f"map set {name!r}") for name, m in maps.items()}
+    sets = {}
+    for name, m in maps.items():
+        sets[str(name)] = _one_set(m)
+        if sets[str(name)] is None:
+            raise TypeError(f"map set {name!r} must be a SteeringMaps or a dict of site -> AffineMap, got {type(m).__name__}")
     return sets, True
 
 
@@ -353,7 +360,7 @@ def _fused_forward(site: _Site, control: _Control) -> Callable[[Tensor], Tensor]
     assert norm is not None
 
     def forward(x: Tensor) -> Tensor:
-        s, idx = _runtime(site, control, x, x.ndim - 1 if norm.kind != "group" else 1)
+        s, idx = _runtime(site, control, x, site.channel_dim % x.ndim)
         if norm.kind == "rms":
             return torch.ops.act_fast.rms_norm_transport(
                 x, norm.weight, site.weight, site.bias, s, 0.0, site.lo, site.hi, norm.eps, norm.weight_offset, idx

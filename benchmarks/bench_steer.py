@@ -119,14 +119,13 @@ def _apply(impl: str, model, channels):
     if impl == "hooks":
         handles = add_reference_hooks(model, M.random_maps(channels, "support", DEVICE), STRENGTH)
         return (lambda: [h.remove() for h in handles]), {"mode": "reference-style hooks"}
-    steer = M.get_steer()  # fails loudly while act_fast.steer does not exist
     if impl == "multi":
         sets = {f"s{i}": M.random_maps(channels, "support", DEVICE, seed=100 + i) for i in range(4)}
-        handle = steer(model, sets, strength=STRENGTH, mode="auto")
+        handle = af.steer(model, sets, strength=STRENGTH, mode="auto")
         handle.select([f"s{i % 4}" for i in range(BATCH)])
     else:
         kind = "fold" if impl == "fold" else "support"
-        handle = steer(model, M.random_maps(channels, kind, DEVICE), strength=STRENGTH, mode=impl)
+        handle = af.steer(model, M.random_maps(channels, kind, DEVICE), strength=STRENGTH, mode=impl)
     return handle.remove, {"mode": impl, "modes": M.mode_counts(handle)}
 
 

@@ -19,6 +19,7 @@ Maps are random and built directly as :class:`act_fast.SteeringMaps`:
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -200,26 +201,6 @@ def random_maps(channels: dict[str, int], kind: str, device: str, seed: int = 0)
     return af.SteeringMaps(maps, method=f"benchmark-random-{kind}", support="q_0_100-like" if kind == "support" else "q_all")
 
 
-def get_steer():
-    """``act_fast.steer``, or a loud error when this checkout does not have it yet."""
-    import importlib
-    import types
-
-    steer = getattr(af, "steer", None)
-    if steer is None:  # written but not yet exported from act_fast/__init__.py
-        try:
-            steer = importlib.import_module("act_fast.steer")
-        except ImportError:
-            steer = None
-    if isinstance(steer, types.ModuleType):
-        steer = getattr(steer, "steer", None)
-    if not callable(steer):
-        raise RuntimeError("act_fast.steer is missing in this checkout: the steering figures cannot be measured")
-    return steer
-
-
-def mode_counts(handle) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for mode in getattr(handle, "modes", {}).values():
-        counts[str(mode)] = counts.get(str(mode), 0) + 1
-    return counts
+def mode_counts(handle: "af.SteeringHandle") -> dict[str, int]:
+    """How many sites a steering handle put in each mode."""
+    return dict(Counter(handle.modes.values()))

@@ -282,15 +282,13 @@ def _steer_configs(ctx: Ctx, model, channels: dict[str, int], names: list[str], 
 
     def steered(kind: str, mode: str):
         def setup():
-            steer = M.get_steer()
-            handle = steer(model, M.random_maps(channels, kind, ctx.device), strength=STRENGTH, mode=mode)
+            handle = af.steer(model, M.random_maps(channels, kind, ctx.device), strength=STRENGTH, mode=mode)
             return handle.remove, {"maps": kind, "mode": mode, "modes": M.mode_counts(handle)}
         return setup
 
     def multi():
-        steer = M.get_steer()
         sets = {f"s{i}": M.random_maps(channels, "support", ctx.device, seed=100 + i) for i in range(16)}
-        handle = steer(model, sets, strength=STRENGTH, mode="auto")
+        handle = af.steer(model, sets, strength=STRENGTH, mode="auto")
         rows = [f"s{i % 16}" for i in range(batch)]
         handle.select(rows)
         return handle.remove, {"maps": "support", "mode": "auto", "map_sets": 16, "batch": batch, "modes": M.mode_counts(handle)}
@@ -514,8 +512,7 @@ def _diffusion(ctx: Ctx, label: str, build, inputs, config: dict) -> dict:
 
     def steered(kind: str):
         def setup():
-            steer = M.get_steer()
-            handle = steer(model, M.random_maps(channels, kind, ctx.device), strength=STRENGTH, mode="auto")
+            handle = af.steer(model, M.random_maps(channels, kind, ctx.device), strength=STRENGTH, mode="auto")
             return handle.remove, {"maps": kind, "mode": "auto", "modes": M.mode_counts(handle)}
         return setup
 

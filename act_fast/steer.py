@@ -363,15 +363,16 @@ def _fused_forward(site: _Site, control: _Control) -> Callable[[Tensor], Tensor]
         s, idx = _runtime(site, control, x, site.channel_dim % x.ndim)
         if norm.kind == "rms":
             return torch.ops.act_fast.rms_norm_transport(
-                x, norm.weight, site.weight, site.bias, s, 0.0, site.lo, site.hi, norm.eps, norm.weight_offset, idx
+                x, norm.weight, site.weight, site.bias, s, 0.0, site.lo, site.hi, idx, norm.eps, norm.weight_offset,
+                norm.cast_before_scale,
             )
         if norm.kind == "layer":
             return torch.ops.act_fast.layer_norm_transport(
-                x, norm.weight, norm.bias, site.weight, site.bias, s, 0.0, site.lo, site.hi, norm.eps, idx
+                x, norm.weight, norm.bias, site.weight, site.bias, s, 0.0, site.lo, site.hi, idx, norm.eps
             )
         return torch.ops.act_fast.group_norm_transport(
-            x, norm.num_groups, norm.weight, norm.bias, site.weight, site.bias, s, 0.0, site.lo, site.hi,
-            norm.eps, site.pool_spatial, idx,
+            x, norm.num_groups, norm.weight, norm.bias, site.weight, site.bias, s, 0.0, site.lo, site.hi, idx,
+            norm.eps, site.pool_spatial,
         )
 
     return forward
@@ -388,7 +389,7 @@ def _op_hook(site: _Site, control: _Control) -> Callable[..., Any]:
         cd = 1 if conv else out.ndim - 1
         s, idx = _runtime(site, control, out, cd)
         y = torch.ops.act_fast.affine_transport(
-            out, site.weight, site.bias, s, 0.0, site.lo, site.hi, cd, site.pool_spatial and conv and out.ndim >= 3, idx
+            out, site.weight, site.bias, s, 0.0, site.lo, site.hi, idx, cd, site.pool_spatial and conv and out.ndim >= 3
         )
         return replace_first_tensor(output, y)
 

@@ -1,8 +1,7 @@
-"""Streaming per-channel activation statistics (DESIGN.md §2) and their collection from models."""
+"""Streaming per-channel activation statistics (docs/design.md §2) and their collection from models."""
 
-from act_fast.integrations import sites
 from act_fast.stats.channel_stats import ChannelStats
-from act_fast.stats.collect import collect
+from act_fast.stats.collection import collect
 from act_fast.stats.histogram import HistogramParams, HistogramQuantiles, cross_moment, histogram_auroc, midpoint_grid
 
 __all__ = [
@@ -13,5 +12,4 @@ __all__ = [
     "cross_moment",
     "histogram_auroc",
     "midpoint_grid",
-    "sites",
 ]

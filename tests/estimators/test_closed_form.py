@@ -14,7 +14,8 @@ def test_linear_act_is_the_sorted_pair_regression():
     t = torch.tensor([[10.0], [30.0], [20.0], [40.0]])  # sorted: 10, 20, 30, 40
     m = fit_map(s, t)
     assert m.weight.tolist() == [10.0] and m.bias.tolist() == [0.0]
-    assert m.lo is None and m.hi is None
+    assert m.lo.tolist() == [1.0] and m.hi.tolist() == [4.0]  # Linear-AcT's default support: the source's [min, max]
+    assert fit_map(s, t, support="q_all").lo is None
 
 
 def test_linear_act_matches_least_squares_on_sorted_pairs():

@@ -121,7 +121,7 @@ def test_plane_support_edges_use_the_mean(pool, device):
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 class TestSemantics:
-    """The map of DESIGN.md §1, through the public op on both backends."""
+    """The map of docs/design.md §1, through the public op on both backends."""
 
     @pytest.fixture(autouse=True)
     def _backend(self, backend):

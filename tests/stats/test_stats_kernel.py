@@ -64,7 +64,13 @@ def test_kernel_matches_reference(rows, cols, dtype, rows_per_program, device):
     ref = clone_state(state)
     num_partials = -(-rows // (rows_per_program or rows))
     partials = stats_partials_triton(
-        x, state["hist"], PARAMS, rows_per_program=rows_per_program or rows, out=poisoned_partials(num_partials, cols, device)
+        x,
+        state["hist"],
+        state["centre"],
+        state["exp_offset"],
+        PARAMS,
+        rows_per_program=rows_per_program or rows,
+        out=poisoned_partials(num_partials, cols, device),
     )
     stats_fold_triton(partials, state)
     stats_update_ref(x, ref, PARAMS)

@@ -127,7 +127,9 @@ def test_state_dict_round_trip_through_safetensors(exact, tmp_path):
     more = torch.randn(5, 6)
     target = af.ChannelStats(6, mantissa_bits=4, exp_min=-10, exp_max=10, exact=exact).load_state_dict(stats.state_dict())
     target.update(more)
-    whole = af.ChannelStats(6, mantissa_bits=4, exp_min=-10, exp_max=10, exact=exact).update(torch.cat([x, more]))
+    assert target.calibrated and torch.equal(target.calibration[0], stats.calibration[0])
+    whole = af.ChannelStats(6, mantissa_bits=4, exp_min=-10, exp_max=10, exact=exact).set_calibration(stats)
+    whole.update(torch.cat([x, more]))
     assert torch.equal(target.histogram, whole.histogram)
     torch.testing.assert_close(target.mean, whole.mean, rtol=1e-12, atol=1e-12)
 
@@ -135,6 +137,6 @@ def test_state_dict_round_trip_through_safetensors(exact, tmp_path):
 def test_exact_merge_concatenates_samples(pair):
     s, t = pair
     a = af.ChannelStats(4, exact=True).update(s)
-    a.merge(af.ChannelStats(4, exact=True).update(t))
+    a.merge(af.ChannelStats(4, exact=True).set_calibration(a).update(t))
     assert torch.equal(a.samples, torch.cat([s, t]))
     torch.testing.assert_close(a.quantile(0.5), torch.quantile(torch.cat([s, t]).double(), 0.5, dim=0), rtol=1e-12, atol=0)

@@ -200,9 +200,12 @@ def calibrate_ref(x: Tensor, params: HistogramParams, row_mask: Tensor | None = 
     data value; ``-0`` and subnormal medians become ``+0``). ``exp_offset`` (int32 ``[C]``):
     ``floor(log2(s))`` clamped to :attr:`HistogramParams.exp_offset_range`, with ``s`` the mean
     absolute deviation from the centre. Fallbacks: ``s = |c|`` when ``s = 0`` (one value, a
-    constant channel), ``s = 1`` when also ``c = 0``; a channel without finite values gets
-    ``c = 0, k = 0``.
+    constant channel), ``s = 1`` when also ``c = 0``; a channel without finite values (or ``x``
+    without rows) gets ``c = 0, k = 0``.
     """
+    if x.shape[0] == 0:
+        zeros = torch.zeros(x.shape[1], device=x.device)
+        return zeros, zeros.to(torch.int32)
     xf = x.detach().to(torch.float32)
     valid = finite_mask(xf, row_mask)
     n = valid.sum(0)

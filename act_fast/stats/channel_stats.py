@@ -79,7 +79,15 @@ class ChannelStats:
     (bucket width; the zero bucket ``[c − 2^(E_lo+k), c + 2^(E_lo+k)]``; float32 rounding of
     ``x − c``, zero when ``x`` is within a factor 2 of ``c``). Beyond the window the error is at most
     the distance from ``c ± 2^(E_hi+k)`` to the exact min / max. :meth:`quantile_error_bound`
-    evaluates it. Float64 input is bucketed rounded to float32 (add ``2^-24·|Q|``).
+    evaluates it. Float64 input is bucketed rounded to float32 (add ``2^-24·|Q|``). Input of one
+    dtype (float32, bfloat16, float16) lies on that dtype's value grid (:attr:`value_grid`): each
+    bucket's mass is put on the grid values it can hold, so a bucket narrower than the grid
+    spacing is an exact point mass (quantised data is not smeared over buckets it only touches).
+
+    **Cross moments.** :meth:`coupled_covariance` is the centred, variance-matched covariance of
+    the quantile coupling (Linear-AcT's ``w = coupled_covariance / var``); :meth:`cross_moment`
+    the raw ``E[Q_s Q_t]``; :meth:`auroc` works between histograms of different calibrations
+    and resolutions.
 
     **Memory** per channel: 72 bytes of moments, counters and calibration (8 × 8-byte values, the
     float32 centre and the int32 offset) plus 12 bytes per histogram bucket (int64 master counts
@@ -230,6 +238,7 @@ class ChannelStats:
         """
         self._check_rows(x, row_mask)
         self._check_can_calibrate("calibrate")
+        # Raised before the broadcast; a rank that raises here leaves the others waiting in it.
         centre, exp_offset = calibrate_ref(x.detach(), self.params, row_mask)
         if group is not None:
             import torch.distributed as dist

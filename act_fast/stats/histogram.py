@@ -176,32 +176,47 @@ class HistogramQuantiles:
         self.exp_offset = exp_offset
         self.grid = grid
         self.num_channels = hist.shape[0]
-        self.cum = hist.cumsum(1).to(torch.float64)
-        self.total = self.cum[:, -1]
+        cum = hist.cumsum(1)
+        self.total = cum[:, -1].to(torch.float64)
         # Extremes relative to the centre; +inf / -inf for an empty channel.
         self.dmin = self.vmin - self.centre
         self.dmax = self.vmax - self.centre
+        # Queries only walk the non-empty buckets (``[C, M]``, M the most any channel has, padded
+        # by repeating the last): empty ones add no breakpoint to the quantile function and no
+        # knot to the CDF. Their cumulative counts, counts and supports are computed once here.
+        self.buckets = self._nonempty_buckets()
+        self.cum = cum.gather(1, self.buckets).to(torch.float64)
+        self.counts = hist.gather(1, self.buckets).to(torch.float64)
+        self.lo, self.hi = self._support(self.buckets)
 
     def narrow(self, start: int, length: int) -> "HistogramQuantiles":
-        return HistogramQuantiles(
-            self.hist.narrow(0, start, length),
-            self.vmin.narrow(0, start, length),
-            self.vmax.narrow(0, start, length),
-            self.params,
-            self.centre.narrow(0, start, length),
-            self.exp_offset.narrow(0, start, length),
-            self.grid,
-        )
+        out = HistogramQuantiles.__new__(HistogramQuantiles)
+        out.params, out.grid, out.num_channels = self.params, self.grid, length
+        for name in ("hist", "vmin", "vmax", "centre", "exp_offset", "total", "dmin", "dmax", "buckets", "cum", "counts", "lo", "hi"):
+            setattr(out, name, getattr(self, name).narrow(0, start, length))
+        return out
+
+    def _nonempty_buckets(self) -> Tensor:
+        """Indices (int64 ``[C, M]``, increasing) of each channel's non-empty buckets, padded by
+        repeating the last one."""
+        nonempty = self.hist > 0
+        counts = nonempty.sum(1)
+        width = max(int(counts.max()), 1) if self.num_channels else 1
+        order = torch.sort((~nonempty).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        last = order.gather(1, (counts - 1).clamp_min(0)[:, None])
+        j = torch.arange(width, device=order.device)[None, :]
+        return torch.where(j < counts[:, None], order, last)
 
     def _locate(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """Bucket index and in-bucket fraction (both ``[C, P]``) of levels ``u [C, P]``."""
+        """Position among the non-empty buckets and in-bucket fraction (both ``[C, P]``) of levels
+        ``u [C, P]``."""
         rank = u * self.total[:, None]
         # Counts are integers: searching max(rank, 0.5) finds the first non-empty bucket at rank 0.
-        idx = torch.searchsorted(self.cum, rank.clamp_min(0.5)).clamp_max(self.hist.shape[1] - 1)
-        count = self.hist.gather(1, idx).to(torch.float64)
-        before = self.cum.gather(1, idx) - count
+        j = torch.searchsorted(self.cum, rank.clamp_min(0.5)).clamp_max(self.cum.shape[1] - 1)
+        count = self.counts.gather(1, j)
+        before = self.cum.gather(1, j) - count
         frac = ((rank - before) / count.clamp_min(1.0)).clamp(0.0, 1.0)
-        return idx, frac
+        return j, frac
 
     def _clip(self, d: Tensor) -> Tensor:
         """``d [C, P]`` clipped to the channel's ``[min, max] − c``."""
@@ -234,15 +249,13 @@ class HistogramQuantiles:
 
     def _offset(self, u: Tensor, interpolate: bool) -> Tensor:
         """``Q(u) − c``: float64 ``[C, P]``."""
-        idx, frac = self._locate(u)
-        lo, hi = self._support(idx)
+        j, frac = self._locate(u)
+        lo, hi = self.lo.gather(1, j), self.hi.gather(1, j)
         if interpolate:
-            d = lo + frac * (hi - lo)
-        else:
-            zero = idx == self.params.zero_bucket
-            d = torch.where(idx > self.params.zero_bucket, lo, hi)
-            d = torch.where(zero, torch.minimum(torch.maximum(torch.zeros_like(lo), lo), hi), d)
-        return d
+            return lo + frac * (hi - lo)
+        idx = self.buckets.gather(1, j)
+        d = torch.where(idx > self.params.zero_bucket, lo, hi)
+        return torch.where(idx == self.params.zero_bucket, torch.minimum(torch.maximum(torch.zeros_like(lo), lo), hi), d)
 
     def offset_at(self, u: Tensor, shift: Tensor, interpolate: bool = True) -> Tensor:
         d = self._offset(u, interpolate)
@@ -256,12 +269,13 @@ class HistogramQuantiles:
         """Interval ``[lo, hi]`` (float64 ``[C, P]`` each) of the bucket holding ``Q(u)``, widened by
         the float32 rounding of ``x − c`` and clipped to ``[min, max]``: the float32 value of rank
         ``⌈u·N⌉`` lies inside it."""
-        idx, _ = self._locate(u)
-        lo, hi = bucket_intervals_ref(idx, self.exp_offset, self.params)
+        j, _ = self._locate(u)
+        lo, hi = bucket_intervals_ref(self.buckets.gather(1, j), self.exp_offset, self.params)
         lo = self._clip(lo - _SUB_ROUNDING * lo.abs())
         hi = self._clip(hi + _SUB_ROUNDING * hi.abs())
         c = self.centre[:, None]
         return self._empty_to_nan(c + lo), self._empty_to_nan(c + hi)
+
 
     def breakpoints(self) -> Tensor:
         return self.cum / self.total.clamp_min(1.0)[:, None]
@@ -270,13 +284,12 @@ class HistogramQuantiles:
         """The CDF of the histogram's distribution (uniform on each bucket's support) as knots:
         positions ``x − reference`` (float64 ``[C, 2B]``, non-decreasing) and CDF values (float64
         ``[C, 2B]``, non-decreasing, from 0 to 1), linear between knots at distinct positions and
-        jumping where positions repeat. ``reference`` float64 ``[C]``."""
-        idx = torch.arange(self.hist.shape[1], device=self.hist.device).expand(self.num_channels, -1)
-        lo, hi = self._support(idx)
+        jumping where positions repeat; only non-empty buckets give knots (``[C, 2M]``, the CDF is
+        flat across empty ones). ``reference`` float64 ``[C]``."""
         shift = (self.centre - reference.to(torch.float64))[:, None]
-        lo, hi = shift + lo, shift + hi
+        lo, hi = shift + self.lo, shift + self.hi
         total = self.total.clamp_min(1.0)[:, None]
-        before, after = (self.cum - self.hist) / total, self.cum / total
+        before, after = (self.cum - self.counts) / total, self.cum / total
         positions = torch.stack([lo, hi], dim=2).reshape(self.num_channels, -1)
         values = torch.stack([before, after], dim=2).reshape(self.num_channels, -1)
         return positions, values
@@ -372,7 +385,7 @@ def histogram_auroc(pos: HistogramQuantiles, neg: HistogramQuantiles, max_elemen
     if pos.num_channels != neg.num_channels:
         raise ValueError(f"AUROC needs the same channel count on both sides, got {pos.num_channels} and {neg.num_channels}")
     num_channels = pos.num_channels
-    width = 2 * (pos.hist.shape[1] + neg.hist.shape[1])
+    width = 2 * (pos.cum.shape[1] + neg.cum.shape[1])
     step = max(1, max_elements // (8 * width))
     out = []
     for start in range(0, num_channels, step):

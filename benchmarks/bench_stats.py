@@ -30,9 +30,34 @@ def test_read_once(timed, device, shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_channel_stats_update(timed, device, shape, dtype):
+    """Steady state: the first (warm-up) call calibrates, the timed ones only update."""
     x = _data(shape, dtype, device)
     stats = af.ChannelStats(shape[1], device=device)
     timed(stats.update, x, bytes_moved=x.numel() * x.element_size())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_channel_stats_calibrate(timed, device, shape):
+    """The one-off calibration of the first batch (per-channel median and mean absolute
+    deviation), which the first ``update`` of a stream pays."""
+    x = _data(shape, torch.bfloat16, device)
+    stats = af.ChannelStats(shape[1], device=device)
+    timed(stats.calibrate, x, bytes_moved=x.numel() * x.element_size())
+
+
+@pytest.mark.parametrize("query", ["coupled_covariance", "auroc", "quantile_function"])
+def test_channel_stats_queries(benchmark, device, query):
+    """Queries between two filled histograms (C = 1024, 65,536 rows each, different calibrations)."""
+    benchmark.group = "stats queries, C = 1024"
+    torch.manual_seed(0)
+    src = af.ChannelStats(1024, device=device).update(torch.randn(65536, 1024, device=device))
+    tgt = af.ChannelStats(1024, device=device).update(torch.randn(65536, 1024, device=device).exp())
+    fn = {
+        "coupled_covariance": lambda: src.coupled_covariance(tgt),
+        "auroc": lambda: src.auroc(tgt),
+        "quantile_function": lambda: src.quantile_function(256),
+    }[query]
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
 
 
 # ---------------------------------------------------------------------------- collection

@@ -48,6 +48,11 @@ class SampleQuantiles:
         idx = torch.ceil(u * n.to(torch.float64)).to(torch.int64) - 1
         return self._gather(torch.minimum(idx.clamp_min(0), (n - 1).clamp_min(0)))
 
+    def offset_at(self, u: Tensor, shift: Tensor) -> Tensor:
+        """``x_(⌈u·n⌉) − shift`` at levels ``u [C, P]``, ``shift`` float64 ``[C]`` (float64 samples minus
+        a nearby mean: no cancellation beyond the samples' own precision)."""
+        return self.at(u) - shift.to(torch.float64)[:, None]
+
     def linear(self, u: Tensor) -> Tensor:
         """``torch.quantile`` semantics (linear interpolation between order statistics) at ``u [C, P]``."""
         n = self.counts[:, None]

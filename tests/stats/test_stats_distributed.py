@@ -1,5 +1,7 @@
-"""Two gloo ranks on CPU, each over half the data: the all-reduced state equals one process over
-all of it (histograms and counts bit-identical, moments to float64 rounding)."""
+"""Two gloo ranks on CPU, each over half the data, calibrated together (rank 0's first batch,
+broadcast): the all-reduced state equals one process calibrated on that batch over all of the
+data (histograms and counts bit-identical, moments to float64 rounding). Ranks that calibrate
+apart are refused by all_reduce."""
 
 import math
 import os
@@ -28,18 +30,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, exact: bool) -> None:
+CHUNK = 97
+
+
+def rank_part(x: torch.Tensor, rank: int) -> torch.Tensor:
+    half = x.shape[0] // 2
+    return x[:half] if rank == 0 else x[half:]
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, exact: bool, calibrate: bool) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        x = data()
-        half = x.shape[0] // 2
-        part = x[:half] if rank == 0 else x[half:]
+        chunks = rank_part(data(), rank).split(CHUNK)
         stats = af.ChannelStats(5, exact=exact)
-        for chunk in part.split(97):
+        if calibrate:
+            stats.calibrate(chunks[0], group=dist.group.WORLD, src=0)
+        for chunk in chunks:
             stats.update(chunk)
-        stats.all_reduce()
+        try:
+            stats.all_reduce()
+        except ValueError as e:
+            (open(os.path.join(out_dir, f"rank{rank}.err"), "w")).write(str(e))
+            return
         torch.save(stats.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -47,8 +61,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, exact: bool) -> None
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_all_reduce_equals_single_process(exact, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), exact), nprocs=2, join=True)
-    single = af.ChannelStats(5, exact=exact).update(data())
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), exact, True), nprocs=2, join=True)
+    x = data()
+    single = af.ChannelStats(5, exact=exact).calibrate(rank_part(x, 0)[:CHUNK]).update(x)
     for rank in range(2):
         reduced = af.ChannelStats.from_state_dict(torch.load(tmp_path / f"rank{rank}.pt"))
         assert torch.equal(reduced.histogram, single.histogram)
@@ -61,3 +76,17 @@ def test_all_reduce_equals_single_process(exact, tmp_path):
         torch.testing.assert_close(reduced.var(), single.var(), rtol=1e-10, atol=0)
         if exact:
             torch.testing.assert_close(reduced.samples, single.samples, rtol=0, atol=0, equal_nan=True)
+        assert reduced.calibrated
+        for got, want in zip(reduced.calibration, single.calibration):
+            assert torch.equal(got, want)
+
+
+def test_all_reduce_refuses_ranks_calibrated_apart(tmp_path):
+    """Without calibrate(group=...), each rank calibrates on its own first batch: the collective
+    check in all_reduce refuses on every rank (none hangs) and says what to do."""
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), False, False), nprocs=2, join=True)
+    for rank in range(2):
+        assert not (tmp_path / f"rank{rank}.pt").exists()
+        message = (tmp_path / f"rank{rank}.err").read_text()
+        assert "ranks hold different histogram calibrations" in message
+        assert "calibrate(x, group=group)" in message

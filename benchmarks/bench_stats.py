@@ -2,7 +2,7 @@
 
 Run: ``python -m pytest benchmarks/bench_stats.py --benchmark-group-by=param:shape,param:dtype``.
 On CUDA ``update`` runs the fused Triton kernel; on CPU the pure-torch float64 reference (CPU
-figures are ratios only, DESIGN.md §6). Target on GPU: ``update`` at least half the read-once
+figures are ratios only, docs/design.md §6). Target on GPU: ``update`` at least half the read-once
 throughput (GB/s of input read, recorded in ``extra_info``).
 """
 
@@ -62,7 +62,7 @@ def test_channel_stats_queries(benchmark, device, query):
 
 # ---------------------------------------------------------------------------- collection
 # ``af.collect`` on every norm site of a small Llama vs the plain forward of the same batches
-# (DESIGN.md §6: collection ≤ 10 % over a plain forward; on CPU a ratio of eager paths only).
+# (docs/design.md §6: collection ≤ 10 % over a plain forward; on CPU a ratio of eager paths only).
 LLAMA = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=512)
 COLLECT_BATCHES = 4

@@ -32,8 +32,8 @@ OPEN_BOUND = torch.finfo(torch.float32).max
 
 
 def _linear_act(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
-    cov = src.cross_moment(tgt) - src.mean * tgt.mean
-    return formulas.linear_act(cov, src.var(unbiased=False), src.mean, tgt.mean)
+    # The covariance in centred form (no E[Q_s Q_t] − m_s m_t cancellation on large-mean channels).
+    return formulas.linear_act(src.coupled_covariance(tgt), src.var(unbiased=False), src.mean, tgt.mean)
 
 
 def _mean_act(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:

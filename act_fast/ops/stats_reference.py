@@ -1,4 +1,4 @@
-"""Pure-torch ground truth of the streaming statistics update (DESIGN.md §2).
+"""Pure-torch ground truth of the streaming statistics update (docs/design.md §2).
 
 One update folds a ``[rows, C]`` tile into per-channel master state:
 

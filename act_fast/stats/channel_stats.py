@@ -1,4 +1,4 @@
-"""``ChannelStats``: streaming, mergeable per-channel statistics of one site (DESIGN.md §2)."""
+"""``ChannelStats``: streaming, mergeable per-channel statistics of one site (docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from act_fast.ops.backend import use_triton
+from act_fast.ops.checks import is_number
 from act_fast.ops.stats_reference import (
     HistogramParams,
     calibrate_ref,
@@ -385,7 +386,11 @@ class ChannelStats:
     # ------------------------------------------------------------------ quantiles
     def _levels(self, q: Levels) -> tuple[Tensor, bool]:
         """Validated levels as float64 ``[P]`` on the state's device, and whether ``q`` was scalar."""
-        scalar = isinstance(q, (int, float)) and not isinstance(q, bool)
+        scalar = is_number(q)
+        listed = isinstance(q, Sequence) and not isinstance(q, str) and all(is_number(v) for v in q)
+        real_tensor = isinstance(q, Tensor) and not q.dtype.is_complex and q.dtype != torch.bool
+        if not (scalar or listed or real_tensor):
+            raise TypeError(f"quantile levels must be a number in [0, 1], a list of numbers or a real tensor, got {type(q).__name__}")
         levels = torch.as_tensor(q, dtype=torch.float64).to(self.device).reshape(-1)
         if isinstance(q, Tensor) and q.ndim > 1:
             raise ValueError(f"quantile levels must be a float or a 1-D tensor, got shape {list(q.shape)}")
@@ -676,30 +681,58 @@ class ChannelStats:
             sd["samples"] = self.samples.clone()
         return sd
 
-    def load_state_dict(self, state_dict: dict[str, Tensor]) -> "ChannelStats":
-        """Replaces the state with ``state_dict`` (from :meth:`state_dict`), calibration included;
-        refuses a different channel count, histogram parameters or exact flag, an invalid
-        calibration, or an uncalibrated state holding data. A state dict from before calibration
-        existed (no ``centre`` / ``exp_offset`` / ``calibrated``) was bucketed with ``c = 0, k = 0``
-        and loads as that calibration (and without a value grid). Returns ``self``."""
+    def _validated_state(self, state_dict: dict[str, Tensor]) -> dict[str, object]:
+        """Every field of ``state_dict`` checked (types, shapes, values, consistency) and converted to
+        this object's dtypes and device; raises ValueError / TypeError naming the field, never
+        assigning anything."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"load_state_dict expects a dict of tensors, got {type(state_dict).__name__}")
         required = set(_MOMENT_KEYS) | {"hist", "params", "rows_seen", "exact"}
         missing = required - set(state_dict)
         if missing:
             raise ValueError(f"ChannelStats state_dict is missing keys {sorted(missing)}")
+        not_tensors = sorted(k for k in required if not isinstance(state_dict[k], Tensor))
+        if not_tensors:
+            raise TypeError(f"ChannelStats state_dict entries {not_tensors} must be tensors")
         present = [k for k in _CALIBRATION_KEYS if k in state_dict]
         if present and len(present) != len(_CALIBRATION_KEYS):
             raise ValueError(f"ChannelStats state_dict has {present} but not all of {list(_CALIBRATION_KEYS)}")
+        if state_dict["params"].numel() != 3 or state_dict["params"].is_floating_point():
+            raise ValueError(f"state_dict['params'] must be 3 integers (mantissa_bits, exp_min, exp_max), got {state_dict['params'].dtype} {list(state_dict['params'].shape)}")
         params = HistogramParams(*(int(v) for v in state_dict["params"].tolist()))
         if params != self.params:
             raise ValueError(f"state_dict histogram parameters {tuple(params)} differ from this ChannelStats' {tuple(self.params)}")
         if bool(state_dict["exact"]) != self.exact:
             raise ValueError(f"state_dict has exact={bool(state_dict['exact'])}, this ChannelStats has exact={self.exact}")
+        out: dict[str, object] = {}
         for key in _MOMENT_KEYS:
-            if tuple(state_dict[key].shape) != (self.num_channels,):
-                raise ValueError(f"state_dict[{key!r}] must have shape [{self.num_channels}], got {list(state_dict[key].shape)}")
+            t = state_dict[key]
+            if tuple(t.shape) != (self.num_channels,):
+                raise ValueError(f"state_dict[{key!r}] must have shape [{self.num_channels}], got {list(t.shape)}")
+            out[key] = t.detach().to(self.device, self._state[key].dtype)
         if tuple(state_dict["hist"].shape) != tuple(self._hist.shape):
             raise ValueError(f"state_dict['hist'] must have shape {list(self._hist.shape)}, got {list(state_dict['hist'].shape)}")
+        for key in (*_INT_KEYS, "hist", "rows_seen"):
+            t = state_dict[key]
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"state_dict[{key!r}] must hold integer counts, got {t.dtype}")
+            if bool((t < 0).any()):
+                raise ValueError(f"state_dict[{key!r}] holds negative counts")
+        hist = state_dict["hist"].detach().to(self.device, torch.int64)
         rows_seen = int(state_dict["rows_seen"])
+        count = out["count"]
+        if bool((count > rows_seen).any()):
+            raise ValueError(f"state_dict['count'] exceeds rows_seen ({rows_seen}) on some channels")
+        if not torch.equal(hist.sum(1), count):
+            raise ValueError("state_dict['hist'] does not add up to state_dict['count'] on every channel")
+        seen = count > 0
+        mean, m2, vmin, vmax = out["mean"], out["m2"], out["vmin"], out["vmax"]
+        if not bool(torch.isfinite(mean[seen]).all() and torch.isfinite(m2[seen]).all()):
+            raise ValueError("state_dict['mean'] / ['m2'] hold NaN or Inf on channels with data")
+        if bool((m2 < 0).any()):
+            raise ValueError("state_dict['m2'] holds negative values (a sum of squares)")
+        if not bool(torch.isfinite(vmin[seen]).all() and torch.isfinite(vmax[seen]).all()) or bool((vmin[seen] > vmax[seen]).any()):
+            raise ValueError("state_dict['vmin'] / ['vmax'] must be finite with vmin <= vmax on channels with data")
         if present:
             calibrated = bool(state_dict["calibrated"])
             centre, exp_offset = self._validated_calibration(state_dict["centre"], state_dict["exp_offset"], "load_state_dict")
@@ -707,28 +740,50 @@ class ChannelStats:
             calibrated = rows_seen > 0
             centre = torch.zeros(self.num_channels, dtype=torch.float32, device=self.device)
             exp_offset = torch.zeros(self.num_channels, dtype=torch.int32, device=self.device)
-        if not calibrated and (rows_seen > 0 or bool(state_dict["hist"].any())):
+        if not calibrated and (rows_seen > 0 or bool(hist.any())):
             raise ValueError(
                 f"state_dict is not calibrated but holds data ({rows_seen} rows seen); its histogram has no defined buckets"
             )
-        for key in _MOMENT_KEYS:
-            self._state[key].copy_(state_dict[key])
-        self._hist.copy_(state_dict["hist"])
-        self._state["hist"].zero_()
-        self._state["centre"].copy_(centre)
-        self._state["exp_offset"].copy_(exp_offset)
-        self._calibrated = calibrated
-        # Without the flags (older state dicts) nothing is known of the input dtypes: no grid.
-        dtypes = state_dict.get("dtypes_seen")
-        self._dtypes_seen = int(dtypes) if dtypes is not None else (_NO_GRID_FLAG if rows_seen > 0 else 0)
-        self._pending_rows = 0
-        self.rows_seen = rows_seen
+        samples = None
         if self.exact:
             samples = state_dict.get("samples")
-            if samples is None or samples.ndim != 2 or samples.shape[1] != self.num_channels:
-                got = None if samples is None else list(samples.shape)
+            if not isinstance(samples, Tensor) or samples.ndim != 2 or samples.shape[1] != self.num_channels:
+                got = None if not isinstance(samples, Tensor) else list(samples.shape)
                 raise ValueError(f"exact-mode state_dict needs 'samples' of shape [N, {self.num_channels}], got {got}")
-            self._samples = [(samples.to(self.device, torch.float32), None)]
+            samples = samples.detach().to(self.device, torch.float32)
+            if samples.shape[0] > rows_seen or not torch.equal(torch.isfinite(samples).sum(0), count):
+                raise ValueError(
+                    f"exact-mode state_dict: 'samples' ({samples.shape[0]} rows) disagree with 'count' / 'rows_seen' ({rows_seen})"
+                )
+        dtypes = state_dict.get("dtypes_seen")
+        out.update(
+            hist=hist, rows_seen=rows_seen, calibrated=calibrated, centre=centre, exp_offset=exp_offset, samples=samples,
+            # Without the flags (older state dicts) nothing is known of the input dtypes: no grid.
+            dtypes_seen=int(dtypes) if dtypes is not None else (_NO_GRID_FLAG if rows_seen > 0 else 0),
+        )
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Tensor]) -> "ChannelStats":
+        """Replaces the state with ``state_dict`` (from :meth:`state_dict`), calibration included,
+        all or nothing: every field is validated first (types, shapes, non-negative integer counts,
+        histograms that add up to the counts, finite moments, ``min ≤ max``, exact-mode samples that
+        agree with the counts, the calibration) and nothing changes if any check fails. Refuses a
+        different channel count, histogram parameters or exact flag. A state dict from before
+        calibration existed (no ``centre`` / ``exp_offset`` / ``calibrated``) was bucketed with
+        ``c = 0, k = 0`` and loads as that calibration (and without a value grid). Returns ``self``."""
+        v = self._validated_state(state_dict)
+        for key in _MOMENT_KEYS:
+            self._state[key].copy_(v[key])  # type: ignore[arg-type]
+        self._hist.copy_(v["hist"])  # type: ignore[arg-type]
+        self._state["hist"].zero_()
+        self._state["centre"].copy_(v["centre"])  # type: ignore[arg-type]
+        self._state["exp_offset"].copy_(v["exp_offset"])  # type: ignore[arg-type]
+        self._calibrated = bool(v["calibrated"])
+        self._dtypes_seen = int(v["dtypes_seen"])  # type: ignore[arg-type]
+        self._pending_rows = 0
+        self.rows_seen = int(v["rows_seen"])  # type: ignore[arg-type]
+        if self.exact:
+            self._samples = [(v["samples"], None)]  # type: ignore[list-item]
         return self
 
     @classmethod

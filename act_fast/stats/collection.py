@@ -47,19 +47,25 @@ class PaddingMask:
 
 
 class _Collector:
-    """Forward hooks feeding one ChannelStats per site."""
+    """Forward hooks feeding one ChannelStats per site. With a process ``group``, a site's new
+    statistics are calibrated on its first rows and rank 0's calibration is broadcast (a collective
+    inside the first forward pass of every rank), so the ranks' histograms merge exactly."""
 
-    def __init__(self, pooling: str, stats: dict[str, ChannelStats], stats_kwargs: dict[str, Any]) -> None:
+    def __init__(self, pooling: str, stats: dict[str, ChannelStats], stats_kwargs: dict[str, Any], group: Any = None) -> None:
         self.pooling = pooling
         self.stats = stats
         self.stats_kwargs = stats_kwargs
+        self.group = group
         self.padding = PaddingMask()
 
     def hook(self, site: str):
         def fn(module: nn.Module, args: Any, output: Any) -> None:
             rows, row_mask = site_rows(output, self.padding.mask, self.pooling, site, module)
             if site not in self.stats:
-                self.stats[site] = ChannelStats(rows.shape[1], device=rows.device, **self.stats_kwargs)
+                stats = ChannelStats(rows.shape[1], device=rows.device, **self.stats_kwargs)
+                if self.group is not None:
+                    stats.calibrate(rows, row_mask, group=self.group)
+                self.stats[site] = stats
             self.stats[site].update(rows, row_mask)
 
         return fn
@@ -93,6 +99,7 @@ def collect(
     *args: Any,
     pooling: str = "mean",
     stats: dict[str, ChannelStats] | None = None,
+    group: Any = None,
     progress: bool | None = None,
     stop_early: bool = False,
     **stats_kwargs: Any,
@@ -109,6 +116,10 @@ def collect(
             (every real token is a row). Conv outputs ``[B, C, H, W]`` are pooled over space.
         stats: ``{site: ChannelStats}`` to keep adding to (e.g. from an earlier call, to collect in
             chunks); sites missing from it get new statistics. Returned updated in place.
+        group: a ``torch.distributed`` process group (``True``: the default group) when every rank
+            collects its own shard: each site's new statistics are calibrated on rank 0's first
+            batch (broadcast), so that ``ChannelStats.all_reduce(group)`` merges them exactly. The
+            statistics returned are the rank's own; merge them with ``all_reduce``.
         progress: a progress bar over batches (None: only when stderr is a terminal).
         stop_early: end each forward pass as soon as every site has produced its output, skipping
             the layers after the last site (for sites that run once per forward).
@@ -130,7 +141,9 @@ def collect(
         raise TypeError(f"stats must be a dict of site -> ChannelStats, got {type(stats).__name__}")
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     with progress_bar(total, "collect", progress) as bar:
-        return collect_into(model, batches, names, pooling=pooling, stats=stats, stop_early=stop_early, bar=bar, stats_kwargs=stats_kwargs)
+        return collect_into(
+            model, batches, names, pooling=pooling, stats=stats, group=group, stop_early=stop_early, bar=bar, stats_kwargs=stats_kwargs
+        )
 
 
 def collect_into(
@@ -140,13 +153,14 @@ def collect_into(
     *,
     pooling: str,
     stats: dict[str, ChannelStats] | None = None,
+    group: Any = None,
     stop_early: bool = False,
     bar: Any = None,
     stats_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, ChannelStats]:
     """:func:`collect` on resolved site ``names`` with a validated ``pooling``, advancing an
     existing progress ``bar`` (the building block of :func:`collect` and :func:`act_fast.fit`)."""
-    collector = _Collector(pooling, {} if stats is None else stats, dict(stats_kwargs or {}))
+    collector = _Collector(pooling, {} if stats is None else stats, dict(stats_kwargs or {}), group)
     seen = run_batches(
         model, batches, {name: collector.hook(name) for name in names},
         stop_after=names if stop_early else None, on_batch=collector.padding, bar=bar,

@@ -1,6 +1,6 @@
 """Exact-mode queries on raw samples: order statistics instead of histogram buckets.
 
-Non-finite samples are dropped per channel (they are counted apart, DESIGN.md §2), so channels
+Non-finite samples are dropped per channel (they are counted apart, docs/design.md §2), so channels
 may hold different numbers of samples. Samples are kept sorted per channel, non-finite ones
 pushed to the end as +inf, with ``n_c`` the finite count of channel ``c``.
 """

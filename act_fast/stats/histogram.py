@@ -1,4 +1,4 @@
-"""Queries on the centred log-bucket histogram (DESIGN.md §2): quantiles, quantile functions on a
+"""Queries on the centred log-bucket histogram (docs/design.md §2): quantiles, quantile functions on a
 grid, the cross moment ``E[Q_s(U) Q_t(U)]``, the coupled covariance
 ``E[(Q_s(U) − m_s)(Q_t(U) − m_t)]`` and AUROC between two histograms.
 

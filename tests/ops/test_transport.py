@@ -170,7 +170,9 @@ class TestSemantics:
         for dtype in ALL_DTYPES:
             x = torch.randn(2, 5, device=device, dtype=dtype)
             w, b, lo, hi = make_map(5, device, True)
-            assert af.ops.affine_transport(x, w, b, 0.5, lo, hi).dtype == dtype
+            y = af.ops.affine_transport(x, w, b, 0.5, lo, hi)
+            assert y.dtype == dtype
+            assert_close(y, affine_transport_ref(x, w, b, 0.5, lo, hi))
 
     def test_map_vectors_in_other_float_dtypes(self, backend, device):
         x = torch.randn(2, 5, device=device, dtype=torch.bfloat16)

@@ -90,3 +90,50 @@ def test_all_reduce_refuses_ranks_calibrated_apart(tmp_path):
         message = (tmp_path / f"rank{rank}.err").read_text()
         assert "ranks hold different histogram calibrations" in message
         assert "calibrate(x, group=group)" in message
+
+
+def _batches() -> list[dict]:
+    g = torch.Generator().manual_seed(11)
+    batches = []
+    for i in range(6):
+        mask = torch.ones(3, 7, dtype=torch.int64)
+        mask[i % 3, : 1 + i % 4] = 0  # left padding of varying length
+        batches.append({"input_ids": torch.randint(3, 100, (3, 7), generator=g), "attention_mask": mask})
+    return batches
+
+
+def _collect_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Rank r collects batches r, r + W, … (interleaved shards) with collect(group=...), then all_reduce."""
+    from tiny_models import tiny_llama
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = tiny_llama()
+        stats = af.collect(model, _batches()[rank::world], "layernorm", pooling="none", group=dist.group.WORLD, progress=False)
+        for s in stats.values():
+            s.all_reduce()
+        torch.save({site: s.state_dict() for site, s in stats.items()}, os.path.join(out_dir, f"collect{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collect_with_a_group_merges_exactly(tmp_path):
+    """Two ranks collecting interleaved shards with collect(group=...) and all_reduce give the
+    histograms and counts of one process collecting every batch (rank 0's first batch is the global
+    first batch, so both calibrate on it)."""
+    from tiny_models import tiny_llama
+
+    mp.spawn(_collect_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = af.collect(tiny_llama(), _batches(), "layernorm", pooling="none", progress=False)
+    for rank in range(2):
+        reduced = torch.load(tmp_path / f"collect{rank}.pt")
+        assert list(reduced) == list(single)
+        for site, sd in reduced.items():
+            got = af.ChannelStats.from_state_dict(sd)
+            assert torch.equal(got.histogram, single[site].histogram), site
+            assert torch.equal(got.count, single[site].count)
+            assert got.rows_seen == single[site].rows_seen

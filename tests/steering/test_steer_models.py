@@ -79,6 +79,7 @@ def test_fold_fused_op_agree(case):
         assert_close(output(model, inputs), results["op"])
 
 
+@pytest.mark.slow
 def test_compile_parity_without_recompiles(case):
     from torch._dynamo.testing import CompileCounterWithBackend
 

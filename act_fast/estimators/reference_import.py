@@ -116,7 +116,7 @@ def _quantile_table(sd: StateDict, where: str, num_channels: int) -> dict[str, t
             raise ValueError(f"{where}: {key} must be [lo, hi], got {_describe(pair)}")
         lo, hi = pair
         for side, v in (("lo", lo), ("hi", hi)):
-            if not isinstance(v, Tensor) or not v.is_floating_point() or v.numel() != num_channels or v.ndim > 2:
+            if not isinstance(v, Tensor) or not v.is_floating_point() or v.numel() != num_channels or v.ndim > 2 or (v.ndim == 2 and v.shape[0] != 1):
                 raise ValueError(f"{where}: {key} {side} must be a float tensor [{num_channels}], got {_describe(v)}")
         out[str(name)] = (lo.detach().cpu().reshape(-1), hi.detach().cpu().reshape(-1))
     return out
@@ -164,7 +164,7 @@ def _saved_support(
         return SAVED_BOUNDS, (full_lo, full_hi)
     if lo.numel() == C:
         return SAVED_BOUNDS, (lo, hi)
-    expected = f"[1, {C}]" if keep is None else f"[1, {C}] or [1, {kept}] (the channels std_eps keeps)"
+    expected = f"[1, {C}]" if keep is None else f"[1, {C}] or [1, {kept}] (the channels the std_eps argument keeps; fitted with another std_eps?)"
     raise ValueError(f"{where}: quantiles_src bounds are {list(saved[0].shape)}, expected {expected}")
 
 

@@ -351,6 +351,8 @@ class TestErrors:
         table = dict(gaussian_sd["quantiles_dict_src"])
         table["q_5_95"] = [torch.zeros(C + 2), torch.ones(C + 2)]
         assert "tensor [8] float32" in self.message(tmp_path, {**gaussian_sd, "quantiles_dict_src": table})
+        table["q_5_95"] = [torch.zeros(2, C // 2), torch.ones(2, C // 2)]
+        assert "tensor [2, 3] float32" in self.message(tmp_path, {**gaussian_sd, "quantiles_dict_src": table})
         assert "quantiles_src must be" in self.message(tmp_path, {**gaussian_sd, "quantiles_src": [1.0, 2.0, 3.0]})
 
     def test_std_eps_other_than_the_fits(self, tmp_path, gaussian_sd):

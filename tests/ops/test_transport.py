@@ -121,7 +121,7 @@ def test_plane_support_edges_use_the_mean(pool, device):
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 class TestSemantics:
-    """The map of DESIGN.md §1, through the public op on both backends."""
+    """The map of docs/design.md §1, through the public op on both backends."""
 
     @pytest.fixture(autouse=True)
     def _backend(self, backend):
@@ -170,7 +170,9 @@ class TestSemantics:
         for dtype in ALL_DTYPES:
             x = torch.randn(2, 5, device=device, dtype=dtype)
             w, b, lo, hi = make_map(5, device, True)
-            assert af.ops.affine_transport(x, w, b, 0.5, lo, hi).dtype == dtype
+            y = af.ops.affine_transport(x, w, b, 0.5, lo, hi)
+            assert y.dtype == dtype
+            assert_close(y, affine_transport_ref(x, w, b, 0.5, lo, hi))
 
     def test_map_vectors_in_other_float_dtypes(self, backend, device):
         x = torch.randn(2, 5, device=device, dtype=torch.bfloat16)

@@ -30,7 +30,9 @@ import hashlib
 import os
 import platform
 import shutil
+import site
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -88,13 +90,16 @@ def enabled() -> bool:
 
 
 def source_dir() -> Path:
-    """The folder holding the C++ sources: ``act_fast/_csrc`` in an installed wheel, ``csrc/`` in a
-    checkout. Raises :class:`CpuKernelsUnavailable` when neither has them."""
-    package = Path(__file__).resolve().parents[1]
-    for folder in (package / "_csrc", package.parent / "csrc"):
+    """The folder holding the C++ sources: ``csrc/`` next to the package in a checkout (or an
+    editable install), else ``<prefix>/share/act_fast/csrc`` where a wheel installs them. Raises
+    :class:`CpuKernelsUnavailable` when none has them."""
+    candidates = [Path(__file__).resolve().parents[2] / "csrc", Path(sysconfig.get_path("data")) / "share" / "act_fast" / "csrc"]
+    if site.USER_BASE:
+        candidates.append(Path(site.USER_BASE) / "share" / "act_fast" / "csrc")
+    for folder in candidates:
         if all((folder / name).is_file() for name in SOURCES + HEADERS):
             return folder
-    raise CpuKernelsUnavailable(f"the C++ sources ({', '.join(SOURCES + HEADERS)}) are not in {package / '_csrc'} or {package.parent / 'csrc'}")
+    raise CpuKernelsUnavailable(f"the C++ sources ({', '.join(SOURCES + HEADERS)}) are in none of {[str(c) for c in candidates]}")
 
 
 def capability() -> str:

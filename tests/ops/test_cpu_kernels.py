@@ -516,3 +516,18 @@ def test_status_and_build_info():
     status = cpu_kernels.status()
     assert status.startswith("loaded: ") and cpu_kernels.capability() in status
     assert "float lanes" in torch.ops.act_fast_cpu.build_info()
+
+
+def test_build_command(capsys, monkeypatch):
+    from act_fast import build
+
+    _kernels_or_skip()
+    assert build.main([]) == 0
+    assert "act_fast: CPU kernels already built: " in capsys.readouterr().out
+
+    def unavailable(verbose=False, force=False):
+        raise cpu_kernels.CpuKernelsUnavailable("no C++ compiler: 'c++' is not on PATH")
+
+    monkeypatch.setattr(cpu_kernels, "load", unavailable)
+    assert build.main(["--force"]) == 1
+    assert "CPU kernels not built: no C++ compiler" in capsys.readouterr().err

@@ -19,20 +19,20 @@ namespace act_fast_cpu {
 
 namespace {
 
-template <bool kSupport, typename T>
+// kWeight: a norm weight (scale = norm_weight + offset); kCast: round the normalised value to T
+// before scaling (cast_before_scale).
+template <bool kSupport, bool kWeight, bool kCast, typename T>
 void rms_kernel(const at::Tensor& x2, const at::Tensor& out, const at::Tensor& scale, double eps,
-                bool cast_before_scale, const TransportArgs& a, int64_t rpb) {
+                const TransportArgs& a, int64_t rpb) {
   const int64_t R = x2.size(0), C = x2.size(1), sr = x2.stride(0);
   const T* xp = x2.data_ptr<T>();
   T* yp = out.data_ptr<T>();
-  const float* sp = scale.defined() ? scale.data_ptr<float>() : nullptr;
+  const float* sp = kWeight ? scale.data_ptr<float>() : nullptr;
   const float epsf = static_cast<float>(eps);  // the reference adds eps as a float32 scalar
   const int64_t block = std::max<int64_t>(1, kBlockElements / C);
   for_each_block(R, block, [&](int64_t r0, int64_t r1) {
     const int64_t n = r1 - r0;
-    at::Tensor squares = at::empty({n, C}, at::kFloat);
-    at::Tensor means = at::empty({n}, at::kFloat);
-    float* qp = squares.data_ptr<float>();
+    float* qp = scratch(n * C + n);
     for (int64_t r = r0; r < r1; ++r) {
       const T* row = xp + r * sr;
       float* q = qp + (r - r0) * C;
@@ -43,17 +43,18 @@ void rms_kernel(const at::Tensor& x2, const at::Tensor& out, const at::Tensor& s
         store2(q + c, k, va * va, vb * vb);
       }
     }
-    at::mean_out(means, squares, {1}, false);
-    float* rstd = means.data_ptr<float>();
-    for (int64_t i = 0; i < r1 - r0; ++i) rstd[i] = 1.0f / std::sqrt(rstd[i] + epsf);
+    float* rstd = qp + n * C;
+    at::Tensor means = at::from_blob(rstd, {n}, at::kFloat);
+    at::mean_out(means, at::from_blob(qp, {n, C}, at::kFloat), {1}, false);
+    for (int64_t i = 0; i < n; ++i) rstd[i] = 1.0f / std::sqrt(rstd[i] + epsf);
     // the module's output, rounded as the module rounds it, then transported
     const auto load = [&](int64_t r, int64_t c, int64_t k, Vec& va, Vec& vb) {
       load2(xp + r * sr + c, k, va, vb);
       const Vec s(rstd[r - r0]);
       va = va * s;
       vb = vb * s;
-      if (sp != nullptr) {
-        if (cast_before_scale) round_to<T>(va, vb);
+      if constexpr (kWeight) {
+        if constexpr (kCast) round_to<T>(va, vb);
         Vec sa, sb;
         load2(sp + c, k, sa, sb);
         va = va * sa;
@@ -108,10 +109,20 @@ void rms_norm_transport_cpu(const at::Tensor& x, const std::optional<at::Tensor>
   }
   const int64_t rpb = rows_per_batch(x, x2.size(0));
   ACT_FAST_DISPATCH_FLOATS(x.scalar_type(), "rms_norm_transport", [&] {
+    const auto run = [&](auto support) {
+      constexpr bool kSupport = decltype(support)::value;
+      if (!scale.defined()) {
+        rms_kernel<kSupport, false, false, T>(x2, out, scale, eps, a, rpb);
+      } else if (cast_before_scale) {
+        rms_kernel<kSupport, true, true, T>(x2, out, scale, eps, a, rpb);
+      } else {
+        rms_kernel<kSupport, true, false, T>(x2, out, scale, eps, a, rpb);
+      }
+    };
     if (a.has_support) {
-      rms_kernel<true, T>(x2, out, scale, eps, cast_before_scale, a, rpb);
+      run(std::true_type{});
     } else {
-      rms_kernel<false, T>(x2, out, scale, eps, cast_before_scale, a, rpb);
+      run(std::false_type{});
     }
   });
 }

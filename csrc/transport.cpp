@@ -114,9 +114,7 @@ void planes_kernel(const at::Tensor& x3, const at::Tensor& out, const TransportA
   const int64_t block = std::max<int64_t>(1, kBlockElements / HW);
   for_each_block(B * C, block, [&](int64_t p0, int64_t p1) {
     const int64_t n = p1 - p0;
-    at::Tensor scratch = at::empty({n, HW}, at::kFloat);
-    at::Tensor means = at::empty({n}, at::kFloat);
-    float* sp = scratch.data_ptr<float>();
+    float* sp = scratch(n * HW + n);
     for (int64_t p = p0; p < p1; ++p) {
       const T* src = xp + (p / C) * sb + (p % C) * sc;
       float* dst = sp + (p - p0) * HW;
@@ -127,8 +125,9 @@ void planes_kernel(const at::Tensor& x3, const at::Tensor& out, const TransportA
         store2(dst + i, k, va, vb);
       }
     }
-    at::mean_out(means, scratch, {1}, false);
-    const float* mp = means.data_ptr<float>();
+    float* mp = sp + n * HW;
+    at::Tensor means = at::from_blob(mp, {n}, at::kFloat);
+    at::mean_out(means, at::from_blob(sp, {n, HW}, at::kFloat), {1}, false);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t bi = p / C, ci = p % C;
       const T* src = xp + bi * sb + ci * sc;

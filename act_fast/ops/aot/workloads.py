@@ -183,6 +183,7 @@ WORKLOADS: list[Workload] = [
     Workload("transport-rows-bf16-odd-map0d", transport((5, 37), "bf16", maps="0d")),
     Workload("transport-rows-bf16-strided", transport((64, 256), "bf16", strided=True)),
     Workload("transport-rows-fp64-odd", transport((7, 37), "fp64", lam="row", maps="row")),
+    Workload("transport-rows-fp64-12x100-rowmap", transport((4, 3, 100), "fp64", maps="row")),
     Workload("transport-planes-fp32-odd-pooled-rowmap", transport((3, 5, 7, 9), "fp32", channel_dim=1, pool=True, lam="row", maps="row")),
     Workload("transport-planes-bf16-multitile-unpooled", transport((1, 3, 160, 160), "bf16", channel_dim=1, lam="scalar", support=False)),
     Workload("transport-planes-fp64-odd", transport((2, 3, 5, 5), "fp64", channel_dim=1, pool=False)),

@@ -33,6 +33,11 @@ _ROWS_F64_SM80 = (
     "for per-row maps are the register load"
 )
 
+_NORM_NARROW_ROW_LAMBDA = (
+    "RMSNorm + transport, 16-bit, per-row λ with support at a [64, 32] tile (C = 24): ptxas spills "
+    "12/12 bytes at 64 registers on sm_80 and 16/16 bytes at 72 on sm_90 (found by the --all run)"
+)
+
 # (workload, check, arch) -> why it fails today.
 KNOWN_FAILURES: dict[tuple[str, str, int], str] = {
     **{(w, "no_spills", a): _STATS_SPILLS for w in ("stats-bf16-8192x4096", "stats-fp16-8192x4096", "stats-bf16-8192x4096-rowmask") for a in ARCHS},
@@ -49,6 +54,7 @@ KNOWN_FAILURES: dict[tuple[str, str, int], str] = {
         for a in ARCHS
     },
     ("transport-rows-fp64-12x100-rowmap", "no_spills", 80): _ROWS_F64_SM80,
+    **{("rmsnorm-bf16-5x7x24-rowlam", "no_spills", a): _NORM_NARROW_ROW_LAMBDA for a in ARCHS},
 }
 
 
@@ -147,9 +153,10 @@ def test_vectorized_check_catches_narrow_accesses(aot_compiled):
     """A strided input (channel stride 2) loads 2-byte elements: the check must say so."""
     specs, results = aot_compiled
     (spec,) = [s for s in specs if "transport-rows-bf16-strided" in s.labels]
-    forced = KernelSpec.from_json({**spec.to_json(), "streamed": ["x_ptr"]})
+    x_param = next(name for name, ty in spec.signature.items() if ty.startswith("*"))  # the input comes first
+    forced = KernelSpec.from_json({**spec.to_json(), "streamed": [x_param]})
     message = CHECKS["vectorized"](forced, results[(spec.spec_id, 90)])
-    assert message is not None and "x_ptr: ld 2B" in message, message
+    assert message is not None and f"{x_param}: ld 2B" in message, message
 
 
 def test_float64_check_catches_float64_work(aot_compiled):

@@ -99,7 +99,6 @@ class KernelSpec:
 
     def describe(self) -> str:
         """Readable one-liner: kernel, pointer/int types with divisibility, constexprs."""
-        names = list(self.signature)
         parts = []
         for i, (name, ty) in enumerate(self.signature.items()):
             if ty == "constexpr":
@@ -108,7 +107,6 @@ class KernelSpec:
                 div = any(a[0] == "tt.divisibility" for a in self.attrs.get((i,), []))
                 parts.append(f"{name}:{ty}{'/16' if div else ''}")
         opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        assert len(parts) == len(names)
         return f"{self.name}({', '.join(parts)}) [{opts}]"
 
     def to_json(self) -> dict:

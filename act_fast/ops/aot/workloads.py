@@ -189,6 +189,7 @@ WORKLOADS: list[Workload] = [
     Workload("transport-planes-fp64-odd", transport((2, 3, 5, 5), "fp64", channel_dim=1, pool=False)),
     Workload("rmsnorm-bf16-odd-noaffine-scalar", norm((7, 37), "bf16", affine=False, lam="scalar", support=False)),
     Workload("rmsnorm-fp32-odd-map0d", norm((5, 37), "fp32", maps="0d")),
+    Workload("rmsnorm-bf16-5x7x24-rowlam", norm((5, 7, 24), "bf16", lam="row")),
     Workload("layernorm-fp16-odd-rowlam-rowmap", norm((5, 3, 37), "fp16", kind="layer", lam="row", maps="row")),
     Workload("rmsnorm-bf16-chunked-3x20000", norm((3, 20000), "bf16")),
     Workload("layernorm-fp32-chunked-3x20000", norm((3, 20000), "fp32", kind="layer")),

@@ -8,7 +8,8 @@
     python -m act_fast.ops.aot --specs specs.json  # compile a recorded list again
 
 Writes ``specs.json``, ``results.json`` and ``report.md`` (registers, spills, float64 work,
-access widths, failed checks) under ``--out`` and prints the failed checks; exits 1 if any.
+access widths, failed checks) under ``--out`` (default: a new temporary folder) and prints the
+failed checks; exits 1 if any.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--specs", type=Path, help="compile the specializations in this JSON file")
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities (default: 80 90)")
     p.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
-    p.add_argument("--out", type=Path, default=Path("aot-report"), help="output folder (default: ./aot-report)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: a new temporary folder, printed)")
     args = p.parse_args(own)
     _ensure_dispatch_environment(argv)
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from act_fast.ops.aot.record import load_specs, save_specs
     from act_fast.ops.aot.workloads import WORKLOADS
 
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="act_fast_aot_"))
     args.out.mkdir(parents=True, exist_ok=True)
     specs_path, results_path = args.out / "specs.json", args.out / "results.json"
     start = time.perf_counter()

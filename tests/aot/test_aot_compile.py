@@ -26,6 +26,7 @@ _STATS_SPILLS = (
     "issue 13 item 7: _stats_partial_kernel on 16-bit input uses all 255 registers and spills "
     "(bytes per target in the failure message; 56/48 on sm_80 and 108/96 on sm_90 with the centred histogram)"
 )
+
 _ROWS_F64_SM80 = (
     "fp64 rows with per-row maps at a [16, 128] tile: ptxas on sm_80 caps the kernel at 128 registers and "
     "spills 4/4 bytes (sm_90: 150 registers, no spill); the [BLOCK_R, BLOCK_C] gathers of w, b, lo, hi "

@@ -1,4 +1,4 @@
-"""The CPU targets of DESIGN.md §6 (issue 13, item 4): the compiled CPU kernels (csrc/) on
+"""The CPU targets of docs/design.md §6 (issue 13, item 4): the compiled CPU kernels (csrc/) on
 [4096, 4096], one intra-op thread, each next to its peer, timed alternately in the same run.
 
 | case | act_fast | peer | target |

@@ -174,7 +174,7 @@ def _versions() -> dict[str, str | None]:
 
 
 def headline(bench_json: Path) -> list[tuple[str, str, str, str]]:
-    """(what, target, measured, verdict) rows from run_gpu's results: the DESIGN.md §6 rows it
+    """(what, target, measured, verdict) rows from run_gpu's results: the docs/design.md §6 rows it
     measured, the copy bandwidth and the statistics update against a read-once sum."""
     from gpubench import report
 

@@ -21,7 +21,7 @@ VECTOR_BYTES = 16
 
 # Kernels whose float64 work is by design; name → why.
 FLOAT64_STATE_KERNELS = {
-    "_stats_fold_kernel": "folds the per-program partials into the float64 master state (DESIGN.md §2)",
+    "_stats_fold_kernel": "folds the per-program partials into the float64 master state (docs/design.md §2)",
 }
 
 

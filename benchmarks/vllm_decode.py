@@ -202,7 +202,8 @@ def main() -> int:
         "what": "vLLM decode throughput, act_fast steering (benchmarks/vllm_decode.py)",
         "device": device, "platform": platform.platform(), "date": dt.date.today().isoformat(), "commit": commit,
         "vllm": vllm.__version__, "torch": torch.__version__, "shape": args.shape, "dtype": args.dtype, "batch": args.batch,
-        "map_sets": args.map_sets, "max_tokens": args.max_tokens, "repeats": args.repeats, "results": results,
+        "map_sets": args.map_sets, "max_tokens": args.max_tokens, "repeats": args.repeats,
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None, "results": results,
     }
     slug = "cuda" if torch.cuda.is_available() else "cpu"
     out = args.out or ROOT / "benchmarks" / "results" / f"vllm-{slug}-{record['date']}.json"

@@ -100,7 +100,10 @@ def _processor_init(original: Any) -> Any:
 
 def _process_inputs(original: Any) -> Any:
     @functools.wraps(original)
-    def process_inputs(self: Any, request_id: str, prompt: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
+    def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # vLLM 0.32 calls process_inputs(request_id, prompt, params, ...) positionally.
+        request_id = kwargs.get("request_id", args[0] if args else "")
+        params = kwargs.get("params", args[2] if len(args) > 2 else None)
         extra = getattr(params, "extra_args", None)
         if extra:
             sets = getattr(self, "_act_fast_sets", None)
@@ -115,7 +118,7 @@ def _process_inputs(original: Any) -> Any:
                     validate_request(extra, sets)
             except RequestSteeringError as err:
                 raise _request_error(f"request {request_id}: {err}") from err
-        return original(self, request_id, prompt, params, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     return process_inputs
 

@@ -6,11 +6,15 @@ identity, plus the engine's shared per-token buffers ``act_fast_strength`` / ``a
 (see :mod:`act_fast.vllm.buffers`). Buffers are module state, so vLLM's compiled graph (and its
 saved AOT artifact) reads them at run time, as it reads the weights.
 
-- **fused**: a vLLM ``RMSNorm`` / ``GemmaRMSNorm`` computes its output with
-  ``act_fast.ops.rms_norm_transport``. With a residual it returns ``(normed, x + residual)`` as vLLM
-  does; only ``normed`` is steered.
+- **fused**: a vLLM ``RMSNorm`` / ``GemmaRMSNorm`` computes its output with the
+  ``act_fast::rms_norm_transport`` op, in the norm's rounding order (``RMSNorm`` rounds the normalised
+  value to the input dtype before scaling, ``GemmaRMSNorm`` scales ``1 + w`` in float32). With a
+  residual it returns ``(normed, x + residual)`` as vLLM does; only ``normed`` is steered.
 - **op**: any other module: its output (a tensor, or the first tensor of ``(out, None)`` as vLLM's
-  linear layers return) goes through ``act_fast.ops.affine_transport``.
+  linear layers return) goes through the ``act_fast::affine_transport`` op.
+
+The custom ops are called directly: maps are validated when their files load and λ when a request
+is admitted (:mod:`act_fast.vllm.requests`), never per forward.
 
 vLLM runs tokens flattened ``[num_tokens, C]``, so the per-row λ / map selection of the ops is per
 token: ``strength[:num_tokens]``, ``map_index[:num_tokens]``.
@@ -26,10 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import act_fast.ops  # noqa: F401  (registers the torch.ops.act_fast custom ops)
 from act_fast.maps import SteeringMaps
-from act_fast.ops import affine_transport, rms_norm_transport
-from act_fast.steer import _bank  # the [K + 1, C] map bank with slot 0 the identity
-
+from act_fast.steering.mapsets import MapBank
 from act_fast.vllm.buffers import TokenControl
 
 
@@ -45,13 +48,15 @@ class SitePlan:
     mode: str  # "fused" | "op"
     channels: int
     weight_offset: float = 0.0
+    cast_before_scale: bool = False
 
 
-def _rms_norm_classes() -> dict[type, float]:
-    """vLLM's RMSNorm classes this module fuses, with their weight offset (Gemma's ``1 + w``)."""
+def _rms_norm_classes() -> dict[type, tuple[float, bool]]:
+    """vLLM's RMSNorm classes this module fuses: ``(weight offset, cast_before_scale)`` (Gemma's
+    ``1 + w`` scaled in float32; vLLM's RMSNorm rounds to the input dtype, then scales)."""
     from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
 
-    return {RMSNorm: 0.0, GemmaRMSNorm: 1.0}
+    return {RMSNorm: (0.0, True), GemmaRMSNorm: (1.0, False)}
 
 
 def _output_channels(module: nn.Module, hidden_size: int) -> int:
@@ -97,11 +102,12 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
             if m.num_channels != channels:
                 problems.append(f"{where}: site {site!r}: the map has {m.num_channels} channels, vLLM's {type(module).__name__} outputs {channels}")
                 continue
-            offset = norms.get(type(module))
-            if offset is not None and getattr(module, "variance_size_override", None) is not None:
+            rounding = norms.get(type(module))
+            if rounding is not None and getattr(module, "variance_size_override", None) is not None:
                 problems.append(f"{where}: site {site!r}: an RMSNorm over the first {module.variance_size_override} channels is not supported")
                 continue
-            plans[site] = SitePlan(site, "op" if offset is None else "fused", channels, offset or 0.0)
+            offset, cast = rounding if rounding is not None else (0.0, False)
+            plans[site] = SitePlan(site, "op" if rounding is None else "fused", channels, offset, cast)
     if problems:
         raise SiteError(f"act_fast maps do not fit the vLLM model ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
     order = {name: i for i, name in enumerate(modules)}
@@ -114,17 +120,10 @@ def _steered_rms_norm(self: nn.Module, x: Tensor, residual: Tensor | None = None
         x = x + residual
         residual = x
     n = x.shape[0]
-    y = rms_norm_transport(
-        x,
-        self.weight if getattr(self, "has_weight", True) else None,
-        self.act_fast_weight,
-        self.act_fast_bias,
-        self.act_fast_strength[:n],
-        self.act_fast_lo,
-        self.act_fast_hi,
-        eps=self.variance_epsilon,
-        weight_offset=self._act_fast_weight_offset,
-        map_index=self.act_fast_map_index[:n],
+    y = torch.ops.act_fast.rms_norm_transport(
+        x, self.weight if getattr(self, "has_weight", True) else None, self.act_fast_weight, self.act_fast_bias,
+        self.act_fast_strength[:n], 0.0, self.act_fast_lo, self.act_fast_hi, self.act_fast_map_index[:n],
+        self.variance_epsilon, self._act_fast_weight_offset, self._act_fast_cast_before_scale,
     )
     return y if residual is None else (y, residual)
 
@@ -144,9 +143,9 @@ def _steered_output(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     if x.ndim != 2 or x.shape[-1] != self.act_fast_weight.shape[-1]:
         raise SiteError(f"act_fast site {self._act_fast_site!r}: output of shape {list(x.shape)}, expected [num_tokens, {self.act_fast_weight.shape[-1]}]")
     n = x.shape[0]
-    y = affine_transport(
-        x, self.act_fast_weight, self.act_fast_bias, self.act_fast_strength[:n], self.act_fast_lo, self.act_fast_hi,
-        map_index=self.act_fast_map_index[:n],
+    y = torch.ops.act_fast.affine_transport(
+        x, self.act_fast_weight, self.act_fast_bias, self.act_fast_strength[:n], 0.0, self.act_fast_lo, self.act_fast_hi,
+        self.act_fast_map_index[:n], 1, False,
     )
     return y if rest is None else (y, *rest)
 
@@ -155,13 +154,14 @@ def install_sites(model: nn.Module, plans: list[SitePlan], map_sets: dict[str, S
     """Registers each site's map bank and the shared per-token buffers, and replaces its forward."""
     for plan in plans:
         module = model.get_submodule(plan.name)
-        weight, bias, lo, hi = _bank(plan.name, map_sets, True, control.device)
-        for name, value in (("act_fast_weight", weight), ("act_fast_bias", bias), ("act_fast_lo", lo), ("act_fast_hi", hi),
+        bank = MapBank.build(plan.name, map_sets, True, control.device)
+        for name, value in (("act_fast_weight", bank.weight), ("act_fast_bias", bank.bias), ("act_fast_lo", bank.lo), ("act_fast_hi", bank.hi),
                             ("act_fast_strength", control.strength), ("act_fast_map_index", control.map_index)):
             module.register_buffer(name, value, persistent=False)
         module._act_fast_site = plan.name
         if plan.mode == "fused":
             module._act_fast_weight_offset = plan.weight_offset
+            module._act_fast_cast_before_scale = plan.cast_before_scale
             module.forward = MethodType(_steered_rms_norm, module)
         else:
             module._act_fast_inner_forward = module.forward

@@ -10,6 +10,7 @@ from act_fast import ops
 from act_fast._version import __version__
 from act_fast.integrations import sites
 from act_fast.stats import ChannelStats, collect
+from act_fast.stats.io import load_stats, save_stats
 from act_fast.maps import AffineMap, SteeringMaps, load_maps
 from act_fast.estimators import fit, fit_lineas, fit_map, import_reference_maps
 from act_fast.steer import SteeringHandle, steer
@@ -26,7 +27,9 @@ __all__ = [
     "fit_map",
     "import_reference_maps",
     "load_maps",
+    "load_stats",
     "ops",
+    "save_stats",
     "sites",
     "steer",
 ]

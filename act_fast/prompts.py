@@ -6,8 +6,9 @@ read in order as a stream of strings, and tokenised into padded batches.
   ``field``); blank lines skipped.
 - ``*.csv`` / ``*.parquet`` / ``*.json``: read with ``datasets`` (column ``field``, default ``text``).
 - anything else: a ``datasets`` name on the hub or a local dataset folder (``load_dataset``, or
-  ``load_from_disk`` for a folder written by ``save_to_disk``), split ``split`` (default
-  ``train``), column ``field``; streamed where the dataset allows, so nothing is read ahead.
+  ``load_from_disk`` for a folder written by ``save_to_disk``), configuration ``subset`` (e.g.
+  ``en`` of ``allenai/c4``), split ``split`` (default ``train``), column ``field``; streamed where
+  the dataset allows, so nothing is read ahead.
   ``datasets`` is optional (``pip install datasets``).
 
 The order of prompts is the order of the source, every time it is read: a reader can skip the
@@ -48,11 +49,13 @@ class PromptSource:
         spec: a file path, a dataset folder or a ``datasets`` hub name.
         field: the JSON field / dataset column holding the text (default ``text``).
         split: the dataset split (default ``train``); files have none.
+        subset: the dataset configuration name (``load_dataset(spec, subset)``), if it has several.
     """
 
     spec: str
     field: str | None = None
     split: str | None = None
+    subset: str | None = None
 
     @property
     def kind(self) -> str:
@@ -68,7 +71,7 @@ class PromptSource:
 
     def describe(self) -> str:
         """``prompts.txt``, ``data.jsonl (field 'body')``, ``user/set (split 'train', field 'text')``."""
-        extras = []
+        extras = [] if self.subset is None else [f"subset {self.subset!r}"]
         if self.kind in ("dataset", "datasets-file"):
             extras.append(f"split {self.split or DEFAULT_SPLIT!r}")
         if self.kind != "txt":
@@ -84,6 +87,8 @@ class PromptSource:
             raise PromptSourceError(f"{self.spec}: a .txt file has no splits; --split applies to datasets")
         if self.kind == "jsonl" and self.split is not None:
             raise PromptSourceError(f"{self.spec}: a .jsonl file has no splits; --split applies to datasets")
+        if self.kind != "dataset" and self.subset is not None:
+            raise PromptSourceError(f"{self.spec}: a file has no configurations; --subset applies to datasets on the hub or in a folder")
         if self.kind != "dataset":
             path = Path(self.spec)
             if path.is_dir():
@@ -158,9 +163,9 @@ class PromptSource:
                     loaded = loaded[split]
                 return loaded
             try:
-                return datasets.load_dataset(self.spec, split=split, streaming=True)
+                return datasets.load_dataset(self.spec, self.subset, split=split, streaming=True)
             except NotImplementedError:  # a dataset script or format without streaming support
-                return datasets.load_dataset(self.spec, split=split)
+                return datasets.load_dataset(self.spec, self.subset, split=split)
         except PromptSourceError:
             raise
         except Exception as err:  # noqa: BLE001 -- hub, network, file-format errors all mean "cannot load"
@@ -191,9 +196,9 @@ def _text_of(record: Any, field: str, where: str) -> str:
     return text
 
 
-def read_prompts(spec: str | os.PathLike, *, field: str | None = None, split: str | None = None) -> PromptSource:
+def read_prompts(spec: str | os.PathLike, *, field: str | None = None, split: str | None = None, subset: str | None = None) -> PromptSource:
     """A :class:`PromptSource` for ``spec`` (see the module docstring for what it may be)."""
-    return PromptSource(str(spec), field, split)
+    return PromptSource(str(spec), field, split, subset)
 
 
 def batched(prompts: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -208,6 +213,14 @@ def batched(prompts: Iterable[str], size: int) -> Iterator[list[str]]:
 def model_accepts(model: nn.Module, name: str) -> bool:
     """Whether ``model.forward`` takes a keyword ``name`` (explicitly, not through ``**kwargs``)."""
     return name in inspect.signature(model.forward).parameters
+
+
+def model_max_length(tokenizer: Any, model: nn.Module) -> int | None:
+    """The longest input the model takes: its config's ``max_position_embeddings`` or the
+    tokenizer's ``model_max_length``, whichever is smaller (None when neither is set)."""
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(v) for v in limits if isinstance(v, int) and 0 < v < 10**9]
+    return min(limits) if limits else None
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int | None, *, token_type_ids: bool = False) -> dict[str, Tensor]:

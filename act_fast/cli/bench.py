@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model} on {device} ({str(dtype).removeprefix('torch.')}), {len(maps)} steered sites, λ = {args.strength}: "
           f"prefill B={args.batch_size} × P={args.prompt_length}, decode {args.new_tokens} steps; median of {args.repeats} runs\n")
     print(format_rows(rows))
+    print(noise_line(rows))
     if json_out is not None:
         payload = {"model": args.model, "maps": args.maps, "device": device, "dtype": str(dtype), "batch_size": args.batch_size,
                    "prompt_length": args.prompt_length, "new_tokens": args.new_tokens, "strength": args.strength,
@@ -78,6 +79,15 @@ def run(args: argparse.Namespace) -> int:
         Path(json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {json_out}")
     return 0
+
+
+def noise_line(rows: list) -> str:
+    """How far the two unsteered measurements lie apart: ratios nearer 1 than that are noise."""
+    plain = [r for r in rows if r.config.startswith("unsteered")]
+    spread = [abs(a - b) / max(a, b) for a, b in ((plain[0].prefill_tokens_per_s, plain[-1].prefill_tokens_per_s),
+                                                  (plain[0].decode_tokens_per_s, plain[-1].decode_tokens_per_s))]
+    return (f"\nthe two unsteered runs differ by {spread[0]:.1%} (prefill) and {spread[1]:.1%} (decode): "
+            "ratios closer to 1 than that are within the noise of this machine")
 
 
 def format_rows(rows: list) -> str:

@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "datasets name or folder (--split, --field)")
     p.add_argument("--field", help="JSON field / dataset column holding the text (default: text)")
     p.add_argument("--split", help="dataset split (default: train)")
+    p.add_argument("--subset", help="dataset configuration, e.g. en for allenai/c4")
     p.add_argument("--out", required=True, metavar="STATS.safetensors", help="statistics file to write")
     p.add_argument("--sites", default=DEFAULT_SITES, metavar="PRESET|NAME,...",
                    help="site preset (post_layernorm, layernorm, o_proj, attn_out, mlp_out, generic:…) or comma-separated "
@@ -92,9 +93,10 @@ class Record:
 
 
 def settings_of(args: argparse.Namespace, world: int) -> dict[str, Any]:
-    """The settings a resumed run must share with the run it continues."""
-    return {"world_size": world, "batch_size": args.batch_size, "max_length": args.max_length, "limit": args.limit,
-            "pooling": args.pooling, "sites": args.sites, "field": args.field, "split": args.split, "dtype": args.dtype,
+    """The settings a resumed run must share with the run it continues (``--limit`` may grow: the
+    prompts consumed so far are the same)."""
+    return {"world_size": world, "batch_size": args.batch_size, "max_length": args.max_length,
+            "pooling": args.pooling, "sites": args.sites, "field": args.field, "split": args.split, "subset": args.subset, "dtype": args.dtype,
             "mantissa_bits": args.mantissa_bits}
 
 
@@ -189,12 +191,12 @@ class Shard:
 # ----------------------------------------------------------------------------- the command
 def run(args: argparse.Namespace) -> int:
     from act_fast.cli import distributed
-    from act_fast.prompts import read_prompts
+    from act_fast.prompts import batched, read_prompts
 
     # Everything checkable without the model, first.
     device = common.check_device(args.device)
     sites_arg = common.check_sites(args.sites)
-    source = read_prompts(args.data, field=args.field, split=args.split)
+    source = read_prompts(args.data, field=args.field, split=args.split, subset=args.subset)
     source.check()
     out = common.check_output(args.out)
     if args.resume and args.overwrite:
@@ -207,26 +209,37 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{out} exists; pass --resume to continue the run that wrote it, or --overwrite to start again")
     if resuming:
         record = read_checkpoint(out, settings)
+        _check_same_model(out, args.model)
     digest = PromptHash()
     prompts = iter(source)
     if resuming:
         skip_consumed(prompts, record, source.describe(), digest)
     if args.limit is not None:
         prompts = itertools.islice(prompts, max(0, args.limit - record.prompts))
+    shard = Shard(batched(prompts, args.batch_size), distributed.rank(), world, digest, record.prompts, record.batches)
+    if not resuming:
+        first = shard.peek_round()  # every process needs a first batch (it calibrates the histograms)
+        if first is None:
+            raise CliError(f"{source.describe()}: no prompts to collect")
+        if len(first) < world:
+            raise CliError(f"{source.describe()} makes {len(first)} batch(es) of {args.batch_size} prompts, fewer than the "
+                           f"{world} processes; use a smaller --batch-size or fewer processes")
 
     dist = distributed.init(device)
     try:
-        return _collect(args, dist, source, out, sites_arg, record, resuming, prompts, digest)
+        status = _collect(args, dist, source, out, sites_arg, record, resuming, shard)
+        dist.barrier()  # rank 0 has written the file; no rank tears the group down under another
+        return status
     finally:
         dist.close()
 
 
-def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming: bool, prompts: Iterator[str], digest: PromptHash) -> int:
+def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming: bool, shard: Shard) -> int:
     import torch
 
     import act_fast as af
     from act_fast.cli.models import load_model
-    from act_fast.prompts import batched, model_accepts, tokenize
+    from act_fast.prompts import model_accepts, model_max_length, tokenize
     from act_fast.stats.collect import resolve_sites
     from act_fast.stats.io import load_stats, stats_metadata
 
@@ -234,32 +247,19 @@ def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming:
     tokenizer, model = load_model(args.model, dist.device, args.dtype)
     site_names = af.sites(model, sites_arg) if isinstance(sites_arg, str) else list(sites_arg)
     resolve_sites(model, site_names)
-    max_length = args.max_length or _model_max_length(tokenizer, model)
+    max_length = args.max_length or model_max_length(tokenizer, model)
     token_types = model_accepts(model, "token_type_ids") and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     stats_kwargs = {} if args.mantissa_bits is None else {"mantissa_bits": args.mantissa_bits}
 
     stats = None
     if resuming:
-        meta = stats_metadata(out)
-        _, fingerprint = af.maps.model_fingerprint(model)
-        if meta["sites"] != site_names:
-            raise CliError(f"cannot resume {out}: it holds sites {meta['sites'][:3]}…, --sites {args.sites} selects {site_names[:3]}…")
-        if meta["model_fingerprint"] and fingerprint and meta["model_fingerprint"] != fingerprint:
-            raise CliError(f"cannot resume {out}: it was collected on another model ({meta['model_type']}, config fingerprint "
-                           f"{meta['model_fingerprint'][:12]}…; {args.model} has {fingerprint[:12]}…)")
+        held = stats_metadata(out)["sites"]
+        if held != site_names:
+            raise CliError(f"cannot resume {out}: it holds sites {held[:3]}…, --sites {args.sites} selects {site_names[:3]}…")
         loaded = load_stats(out, device=dist.device)
         # Rank 0 continues the merged statistics; the other ranks add to empty ones that share
         # their calibration, so the merge at each checkpoint counts every prompt once.
         stats = loaded if dist.main else {site: empty_like(s) for site, s in loaded.items()}
-
-    shard = Shard(batched(prompts, args.batch_size), dist.rank, dist.world, digest, record.prompts, record.batches)
-    if stats is None:
-        first = shard.peek_round()
-        if first is None:
-            raise CliError(f"{source.describe()}: no prompts to collect")
-        if len(first) < dist.world:
-            raise CliError(f"{source.describe()} makes {len(first)} batch(es) of {args.batch_size} prompts, fewer than the "
-                           f"{dist.world} processes; use a smaller --batch-size or fewer processes")
 
     bar = _progress_bar(args, dist, source, record)
     rows = tokens = 0  # this rank, this run
@@ -289,7 +289,7 @@ def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming:
                 s.all_reduce(dist.group)
         if dist.main:
             saved = Record(record.settings, shard.prompts, shard.global_batches, record.rows + run_rows,
-                           record.tokens + run_tokens, digest.hexdigest(), complete)
+                           record.tokens + run_tokens, shard.digest.hexdigest(), complete)
             meta = {"pooling": args.pooling, "model": args.model, "data": source.describe(), "max_length": max_length,
                     "collect": saved.as_dict()}
             af.save_stats(merged, out, metadata=meta, model=model)
@@ -329,6 +329,18 @@ def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming:
     return 0
 
 
+def _check_same_model(out: Path, model: str) -> None:
+    """Refuses to resume a file collected on a model with another config (read before the weights)."""
+    from act_fast.cli.models import fingerprint_of_config, load_config
+    from act_fast.stats.io import stats_metadata
+
+    meta = stats_metadata(out)
+    model_type, fingerprint = fingerprint_of_config(load_config(model))
+    if meta["model_fingerprint"] and fingerprint and meta["model_fingerprint"] != fingerprint:
+        raise CliError(f"cannot resume {out}: it was collected on another model ({meta['model_type']}, config fingerprint "
+                       f"{meta['model_fingerprint'][:12]}…; {model} is {model_type} {fingerprint[:12]}…)")
+
+
 def empty_like(stats: Any) -> Any:
     """A ChannelStats with ``stats``' parameters and calibration and no data."""
     from act_fast.stats import ChannelStats
@@ -336,13 +348,6 @@ def empty_like(stats: Any) -> Any:
     fresh = ChannelStats(stats.num_channels, stats.device, exact=stats.exact, **stats.params._asdict()).state_dict()
     state = {key: fresh[key] if key in _DATA_KEYS else value for key, value in stats.state_dict().items()}
     return ChannelStats.from_state_dict(state, stats.device)
-
-
-def _model_max_length(tokenizer: Any, model: Any) -> int | None:
-    """The longest input the model takes: its config's positions, or the tokenizer's limit."""
-    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    limits = [int(v) for v in limits if isinstance(v, int) and 0 < v < 10**9]
-    return min(limits) if limits else None
 
 
 def _progress_bar(args: argparse.Namespace, dist: Any, source: Any, record: Record) -> Any:

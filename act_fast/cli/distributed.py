@@ -39,6 +39,14 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return [int(v) for v in t.tolist()]
 
+    def barrier(self) -> None:
+        """Waits for every rank (before tearing the group down: gloo aborts a process whose peer
+        is still using the group)."""
+        if self.group is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.group)
+
     def close(self) -> None:
         if self.group is not None:
             import torch.distributed as dist
@@ -53,6 +61,11 @@ def world_size() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         raise CliError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+
+
+def rank() -> int:
+    """``RANK`` as torchrun sets it (0 when not under torchrun)."""
+    return int(os.environ.get("RANK", "0")) if world_size() > 1 else 0
 
 
 def init(device: str) -> Dist:

@@ -38,12 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     text.add_argument("--target", metavar="FILE|DATASET", help="prompts without it")
     text.add_argument("--field", help="JSON field / dataset column holding the text (default: text)")
     text.add_argument("--split", help="dataset split (default: train)")
+    text.add_argument("--subset", help="dataset configuration, e.g. en for allenai/c4")
     text.add_argument("--limit", type=common.positive_int, metavar="N", help="use only the first N prompts of each side")
     text.add_argument("--sites", default=None, metavar="PRESET|NAME,...",
                       help=f"site preset or comma-separated module names (default: {DEFAULT_SITES}; with statistics files: every site in them)")
     text.add_argument("--pooling", choices=POOLINGS, default="mean", help="per-prompt pooling (default: %(default)s)")
     text.add_argument("--batch-size", type=common.positive_int, default=8, help="prompts per forward pass (default: %(default)s)")
-    text.add_argument("--max-length", type=common.positive_int, metavar="TOKENS", help="truncate prompts to this many tokens")
+    text.add_argument("--max-length", type=common.positive_int, metavar="TOKENS", help="truncate prompts to this many tokens (default: the model's maximum)")
     text.add_argument("--independent", action="store_true",
                       help="fit every site on the unsteered model in one pass (default: incremental, site l on activations "
                       "already transported by the maps before it)")
@@ -105,7 +106,7 @@ def _from_stats(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
     from act_fast.maps import SteeringMaps
     from act_fast.stats.io import stats_metadata
 
-    for flag in ("model", "source", "target", "limit", "max_length", "field", "split"):
+    for flag in ("model", "source", "target", "limit", "max_length", "field", "split", "subset"):
         if getattr(args, flag) is not None:
             raise CliError(f"--{flag.replace('_', '-')} applies to fitting from text, not from statistics files")
     start = time.perf_counter()
@@ -146,14 +147,14 @@ def _from_text(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
 
     import act_fast as af
     from act_fast.cli.models import load_model
-    from act_fast.prompts import batched, model_accepts, read_prompts, tokenize
+    from act_fast.prompts import batched, model_accepts, model_max_length, read_prompts, tokenize
 
     for flag in ("source_stats", "target_stats"):
         if getattr(args, flag) is not None:
             raise CliError(f"--{flag.replace('_', '-')} cannot be combined with --model/--source/--target")
     device = common.check_device(args.device)
     sites_arg = common.check_sites(args.sites or DEFAULT_SITES)
-    sources = {side: read_prompts(spec, field=args.field, split=args.split) for side, spec in (("source", args.source), ("target", args.target))}
+    sources = {side: read_prompts(spec, field=args.field, split=args.split, subset=args.subset) for side, spec in (("source", args.source), ("target", args.target))}
     for s in sources.values():
         s.check()
     texts = {side: list(itertools.islice(iter(s), args.limit)) for side, s in sources.items()}
@@ -161,7 +162,8 @@ def _from_text(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     tokenizer, model = load_model(args.model, device, args.dtype)
     token_types = model_accepts(model, "token_type_ids") and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-    batches = {side: [tokenize(tokenizer, b, args.max_length, token_type_ids=token_types) for b in batched(t, args.batch_size)]
+    max_length = args.max_length or model_max_length(tokenizer, model)
+    batches = {side: [tokenize(tokenizer, b, max_length, token_type_ids=token_types) for b in batched(t, args.batch_size)]
                for side, t in texts.items()}
     sites = af.sites(model, sites_arg) if isinstance(sites_arg, str) else list(sites_arg)
     progress = common.progress_enabled(args.progress)

@@ -3,6 +3,7 @@ network, not cached, no such folder, not a causal LM)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +58,8 @@ def fingerprint_of_config(config: Any) -> tuple[str, str]:
 def check_maps_fit(maps: SteeringMaps, config: Any, path: str, *, allow_other: bool) -> None:
     """Refuses maps fitted on another model (type or config fingerprint), before the weights load."""
     model_type, fingerprint = fingerprint_of_config(config)
+    if allow_other:  # the user said so: steer() need not warn again
+        warnings.filterwarnings("ignore", message=r".*were fitted on a .* model with another config")
     if maps.model_type and model_type and maps.model_type != model_type:
         raise CliError(f"{path} holds maps for a {maps.model_type!r} model; this model is {model_type!r}")
     if not allow_other and maps.model_fingerprint and fingerprint and maps.model_fingerprint != fingerprint:

@@ -207,9 +207,13 @@ def run(args: argparse.Namespace) -> int:
     resuming = args.resume and out.exists()
     if out.exists() and not args.resume and not args.overwrite:
         raise CliError(f"{out} exists; pass --resume to continue the run that wrote it, or --overwrite to start again")
+    from act_fast.cli.models import load_config
+
+    config = load_config(args.model)
+    common.check_preset_fits(sites_arg, config)
     if resuming:
         record = read_checkpoint(out, settings)
-        _check_same_model(out, args.model)
+        _check_same_model(out, args.model, config)
     digest = PromptHash()
     prompts = iter(source)
     if resuming:
@@ -227,14 +231,14 @@ def run(args: argparse.Namespace) -> int:
 
     dist = distributed.init(device)
     try:
-        status = _collect(args, dist, source, out, sites_arg, record, resuming, shard)
+        status = _collect(args, dist, source, out, sites_arg, config, record, resuming, shard)
         dist.barrier()  # rank 0 has written the file; no rank tears the group down under another
         return status
     finally:
         dist.close()
 
 
-def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming: bool, shard: Shard) -> int:
+def _collect(args, dist, source, out: Path, sites_arg, config, record: Record, resuming: bool, shard: Shard) -> int:
     import torch
 
     import act_fast as af
@@ -244,7 +248,7 @@ def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming:
     from act_fast.stats.io import load_stats, stats_metadata
 
     start = time.perf_counter()
-    tokenizer, model = load_model(args.model, dist.device, args.dtype)
+    tokenizer, model = load_model(args.model, dist.device, args.dtype, config=config)
     site_names = af.sites(model, sites_arg) if isinstance(sites_arg, str) else list(sites_arg)
     resolve_sites(model, site_names)
     max_length = args.max_length or model_max_length(tokenizer, model)
@@ -329,13 +333,13 @@ def _collect(args, dist, source, out: Path, sites_arg, record: Record, resuming:
     return 0
 
 
-def _check_same_model(out: Path, model: str) -> None:
+def _check_same_model(out: Path, model: str, config: Any) -> None:
     """Refuses to resume a file collected on a model with another config (read before the weights)."""
-    from act_fast.cli.models import fingerprint_of_config, load_config
+    from act_fast.cli.models import fingerprint_of_config
     from act_fast.stats.io import stats_metadata
 
     meta = stats_metadata(out)
-    model_type, fingerprint = fingerprint_of_config(load_config(model))
+    model_type, fingerprint = fingerprint_of_config(config)
     if meta["model_fingerprint"] and fingerprint and meta["model_fingerprint"] != fingerprint:
         raise CliError(f"cannot resume {out}: it was collected on another model ({meta['model_type']}, config fingerprint "
                        f"{meta['model_fingerprint'][:12]}…; {model} is {model_type} {fingerprint[:12]}…)")

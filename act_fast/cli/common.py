@@ -161,6 +161,23 @@ def check_sites(value: str) -> str | list[str]:
     return value
 
 
+def check_preset_fits(sites: str | list[str], config: object) -> None:
+    """A preset the model's family does not have (read from its config, before the weights load)."""
+    if not isinstance(sites, str):
+        return
+    from act_fast.integrations.registry import SITE_FAMILIES
+    from act_fast.integrations.sites import GENERIC_PRESETS
+
+    model_type = getattr(config, "model_type", None)
+    family = SITE_FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if sites in GENERIC_PRESETS or (family is not None and sites in family.presets):
+        return
+    if family is None:
+        raise CliError(f"--sites {sites!r}: no site presets for model type {model_type!r}; use a generic preset "
+                       f"({', '.join(GENERIC_PRESETS)}) or comma-separated module names")
+    raise CliError(f"--sites {sites!r}: not a preset of {model_type!r} models; presets: {', '.join([*family.presets, *GENERIC_PRESETS])}")
+
+
 def check_output(path: str, *, suffix: str = ".safetensors") -> Path:
     """An output file path: not a folder, its parent a folder (created later)."""
     out = Path(path)

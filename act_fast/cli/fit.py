@@ -146,7 +146,7 @@ def _from_text(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
     import itertools
 
     import act_fast as af
-    from act_fast.cli.models import load_model
+    from act_fast.cli.models import load_config, load_model
     from act_fast.prompts import batched, model_accepts, model_max_length, read_prompts, tokenize
 
     for flag in ("source_stats", "target_stats"):
@@ -158,9 +158,11 @@ def _from_text(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
     for s in sources.values():
         s.check()
     texts = {side: list(itertools.islice(iter(s), args.limit)) for side, s in sources.items()}
+    config = load_config(args.model)
+    common.check_preset_fits(sites_arg, config)
 
     start = time.perf_counter()
-    tokenizer, model = load_model(args.model, device, args.dtype)
+    tokenizer, model = load_model(args.model, device, args.dtype, config=config)
     token_types = model_accepts(model, "token_type_ids") and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     max_length = args.max_length or model_max_length(tokenizer, model)
     batches = {side: [tokenize(tokenizer, b, max_length, token_type_ids=token_types) for b in batched(t, args.batch_size)]

@@ -110,3 +110,14 @@ def test_console_errors_are_one_line_and_a_hub_model_offline_says_so(tmp_path):
     line = one_error_line(proc.stderr, "collect")
     assert "cannot load model 'act-fast-test/no-such-model'" in line and "hub is unreachable" in line and "HF_HUB_OFFLINE=1" in line
     assert not out.exists() and proc.stdout == ""
+
+
+def test_a_preset_the_models_family_lacks_is_refused_before_the_weights_load(act, tmp_path):
+    from transformers import OPTConfig
+
+    folder = tmp_path / "opt"  # a config alone: the check must not need the weights
+    OPTConfig(hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2).save_pretrained(folder)
+    rc, _, err = act("collect", "--model", folder, "--data", COOKING, "--out", tmp_path / "s.safetensors")
+    assert rc == 2 and "--sites 'post_layernorm': no site presets for model type 'opt'; use a generic preset" in one_error_line(err, "collect")
+    rc, _, err = act("fit", "--model", folder, "--source", COOKING, "--target", COOKING, "--sites", "generic:nothing", "--out", tmp_path / "m.safetensors")
+    assert rc == 2 and "unknown site preset" in err

@@ -95,8 +95,8 @@ class Record:
 def settings_of(args: argparse.Namespace, world: int) -> dict[str, Any]:
     """The settings a resumed run must share with the run it continues (``--limit`` may grow: the
     prompts consumed so far are the same)."""
-    return {"world_size": world, "batch_size": args.batch_size, "max_length": args.max_length,
-            "pooling": args.pooling, "sites": args.sites, "field": args.field, "split": args.split, "subset": args.subset, "dtype": args.dtype,
+    return {"world_size": world, "batch_size": args.batch_size, "max_length": args.max_length, "pooling": args.pooling,
+            "sites": args.sites, "field": args.field, "split": args.split, "subset": args.subset, "dtype": args.dtype,
             "mantissa_bits": args.mantissa_bits}
 
 
@@ -191,6 +191,7 @@ class Shard:
 # ----------------------------------------------------------------------------- the command
 def run(args: argparse.Namespace) -> int:
     from act_fast.cli import distributed
+    from act_fast.cli.models import load_config
     from act_fast.prompts import batched, read_prompts
 
     # Everything checkable without the model, first.
@@ -207,12 +208,11 @@ def run(args: argparse.Namespace) -> int:
     resuming = args.resume and out.exists()
     if out.exists() and not args.resume and not args.overwrite:
         raise CliError(f"{out} exists; pass --resume to continue the run that wrote it, or --overwrite to start again")
-    from act_fast.cli.models import load_config
-
-    config = load_config(args.model)
-    common.check_preset_fits(sites_arg, config)
     if resuming:
         record = read_checkpoint(out, settings)
+    config = load_config(args.model)  # the config only: cheap, and it tells the model's family and fingerprint
+    common.check_preset_fits(sites_arg, config)
+    if resuming:
         _check_same_model(out, args.model, config)
     digest = PromptHash()
     prompts = iter(source)

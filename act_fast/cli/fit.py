@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     text.add_argument("--limit", type=common.positive_int, metavar="N", help="use only the first N prompts of each side")
     text.add_argument("--sites", default=None, metavar="PRESET|NAME,...",
                       help=f"site preset or comma-separated module names (default: {DEFAULT_SITES}; with statistics files: every site in them)")
-    text.add_argument("--pooling", choices=POOLINGS, default="mean", help="per-prompt pooling (default: %(default)s)")
+    text.add_argument("--pooling", choices=POOLINGS, help="per-prompt pooling (default: mean; with statistics files: theirs)")
     text.add_argument("--batch-size", type=common.positive_int, default=8, help="prompts per forward pass (default: %(default)s)")
     text.add_argument("--max-length", type=common.positive_int, metavar="TOKENS", help="truncate prompts to this many tokens (default: the model's maximum)")
     text.add_argument("--independent", action="store_true",
@@ -118,6 +118,8 @@ def _from_stats(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
     pooling = [m.get("metadata", {}).get("pooling") for m in (src_meta, tgt_meta)]
     if pooling[0] != pooling[1]:
         raise CliError(f"{args.source_stats} was pooled {pooling[0]!r}, {args.target_stats} {pooling[1]!r}: fit statistics pooled alike")
+    if args.pooling is not None and args.pooling != pooling[0]:
+        raise CliError(f"--pooling {args.pooling}: the statistics files were pooled {pooling[0]!r} when collected")
     sites = list(src_meta["sites"])
     if args.sites is not None:
         chosen = common.check_sites(args.sites)
@@ -173,10 +175,10 @@ def _from_text(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
           f"{len(texts['target'])} target prompts")
     if args.method == LINEAS:
         maps = af.fit_lineas(model, source_batches=batches["source"], target_batches=batches["target"], sites=sites,
-                             steps=args.steps, lr=args.lr, l1=args.l1, group=args.group_lasso, pooling=args.pooling,
-                             seed=args.seed, progress=progress)
+                             steps=args.steps, lr=args.lr, l1=args.l1, group=args.group_lasso,
+                             pooling=args.pooling or "mean", seed=args.seed, progress=progress)
     else:
         maps = af.fit(model, source_batches=batches["source"], target_batches=batches["target"], sites=sites, method=args.method,
-                      support=support, incremental=not args.independent, pooling=args.pooling, progress=progress)
+                      support=support, incremental=not args.independent, pooling=args.pooling or "mean", progress=progress)
     return maps, time.perf_counter() - start
 

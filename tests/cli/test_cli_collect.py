@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-import torch
 
 import act_fast as af
 from act_fast.prompts import batched, model_max_length, read_prompts, tokenize

@@ -1,19 +1,27 @@
 """act_fast: steer generative models by transporting their activations (AcT, LinEAS).
 
-See DESIGN.md for the math. Public entry points:
+The math, the layers and the file formats are in docs/design.md. Entry points:
 
-- :mod:`act_fast.ops`: the fused kernels (``affine_transport``, ``rms_norm_transport``,
-  ``layer_norm_transport``) registered as ``torch.ops.act_fast.*`` custom ops.
+- :func:`sites`: the module names to collect or steer (presets per model family, patterns, filters).
+- :func:`collect`: per-site streaming :class:`ChannelStats` from a model over batches.
+- :func:`fit_map`, :func:`fit`, :func:`fit_lineas`: transport maps (Linear/Mean/Gaussian-AcT, AURA,
+  mean difference; LinEAS) as :class:`SteeringMaps`; :func:`load_maps` and
+  :meth:`SteeringMaps.save` for their safetensors files; :func:`import_reference_maps` for maps
+  fitted by the AcT reference code.
+- :func:`steer`: apply maps inside a model (fold / fused / op per site) with a strength λ, per
+  request if wanted; returns a :class:`SteeringHandle`.
+- :mod:`act_fast.ops`: the kernels (``affine_transport``, ``rms_norm_transport``,
+  ``layer_norm_transport``, ``group_norm_transport``) as ``torch.ops.act_fast.*`` custom ops.
 """
 
 from act_fast import ops
 from act_fast._version import __version__
+from act_fast.estimators import fit, fit_lineas, fit_map, import_reference_maps
 from act_fast.integrations import sites
+from act_fast.maps import AffineMap, SteeringMaps, load_maps
 from act_fast.stats import ChannelStats, collect
 from act_fast.stats.io import load_stats, save_stats
-from act_fast.maps import AffineMap, SteeringMaps, load_maps
-from act_fast.estimators import fit, fit_lineas, fit_map, import_reference_maps
-from act_fast.steer import SteeringHandle, steer
+from act_fast.steering import SteeringHandle, steer
 
 __all__ = [
     "AffineMap",

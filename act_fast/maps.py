@@ -4,7 +4,7 @@ A map file is a safetensors file whose tensors are ``"<site>/weight"``, ``"<site
 when the map has a support, ``"<site>/lo"`` and ``"<site>/hi"`` (float32, ``[C]`` each), and whose
 metadata holds ``act_fast.maps`` (a JSON object: format version, sites in order, channel counts,
 method, support, pooling, model type and config fingerprint, creation time, act_fast version).
-No pickle anywhere. Files are written to a temporary name in the same folder and renamed.
+No pickle anywhere. Files are written atomically (:func:`act_fast.fileio.atomic_write`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from act_fast._version import __version__
+from act_fast.fileio import atomic_write
 from act_fast.ops.reference import Strength
 from act_fast.ops.transport import affine_transport
 
@@ -63,7 +63,8 @@ class AffineMap:
         return self.weight.numel()
 
     def validate(self, where: str = "map") -> None:
-        """Shapes ``[C]``, floating dtypes, one device, finite values; raises ValueError/TypeError."""
+        """Shapes ``[C]``, floating dtypes, one device, finite values, ``lo ≤ hi``; raises
+        ValueError/TypeError."""
         C = self.weight.numel() if isinstance(self.weight, Tensor) else -1
         if (self.lo is None) != (self.hi is None):
             raise ValueError(f"{where}: lo and hi must be given together")
@@ -80,6 +81,9 @@ class AffineMap:
             if not bool(torch.isfinite(v).all()):
                 bad = (~torch.isfinite(v)).nonzero().flatten()[:8].tolist()
                 raise ValueError(f"{where}: {name} holds NaN or Inf (first bad channels: {bad})")
+        if self.lo is not None and bool((self.lo > self.hi).any()):
+            bad = (self.lo > self.hi).nonzero().flatten()[:8].tolist()
+            raise ValueError(f"{where}: support has lo > hi (first bad channels: {bad}); lo <= hi is required (lo == hi: the map never applies there)")
 
     def apply(self, x: Tensor, strength: Strength = 1.0, *, channel_dim: int = -1, pool_spatial: bool = False) -> Tensor:
         """``x`` transported with strength λ; see :func:`act_fast.ops.affine_transport` for shapes."""
@@ -165,24 +169,13 @@ class SteeringMaps(Mapping[str, AffineMap]):
         """Writes the maps as safetensors (float32) to ``path`` atomically; returns the path."""
         from safetensors.torch import save_file
 
-        path = Path(path)
         tensors = {
             f"{site}/{name}": t.detach().to("cpu", torch.float32).contiguous()
             for site, m in self.maps.items()
             for name, t in m.tensors().items()
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={FORMAT_NAME: json.dumps(self.metadata())})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        metadata = {FORMAT_NAME: json.dumps(self.metadata())}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     def check_model(self, model: torch.nn.Module, channels: Mapping[str, int | None] | None = None) -> None:
         """Refuses maps that do not fit ``model``: raises ValueError listing every mismatch.
@@ -200,17 +193,43 @@ class SteeringMaps(Mapping[str, AffineMap]):
             raise ValueError(f"maps do not fit this model ({len(problems)} mismatch{'es' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
 
 
+def _read_metadata(path: Path, raw: str) -> tuple[list[str], dict[str, int], int, dict[str, Any]]:
+    """``(sites, channels, format_version, metadata)`` from a map file's metadata, every field
+    checked for its type; MapFileError naming the file otherwise."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise MapFileError(f"{path}: corrupt act_fast map metadata (not JSON): {err}") from err
+    if not isinstance(meta, dict):
+        raise MapFileError(f"{path}: corrupt act_fast map metadata: a JSON object expected, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT_NAME:
+        raise MapFileError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    sites, channels, version = meta.get("sites"), meta.get("channels"), meta.get("format_version")
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+        raise MapFileError(f"{path}: metadata 'sites' must be a list of module names, got {type(sites).__name__}")
+    if len(set(sites)) != len(sites):
+        raise MapFileError(f"{path}: metadata lists sites more than once: {sorted({s for s in sites if sites.count(s) > 1})[:8]}")
+    if not isinstance(channels, dict) or not all(isinstance(c, int) and not isinstance(c, bool) for c in channels.values()):
+        raise MapFileError(f"{path}: metadata 'channels' must map each site to an int")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MapFileError(f"{path}: metadata 'format_version' must be an int, got {version!r}")
+    return sites, channels, version, meta
+
+
 def load_maps(path: str | os.PathLike, device: torch.device | str | None = None) -> SteeringMaps:
     """Reads a map file written by :meth:`SteeringMaps.save`, validating it.
 
     Raises:
         FileNotFoundError: no such file.
-        MapFileError: truncated or corrupt file, not an act_fast map file, a newer format
-            version, missing or misshapen tensors, or NaN/Inf values; the message names the file.
+        MapFileError: a directory, a truncated or corrupt file, not an act_fast map file, a newer
+            format version, metadata of the wrong types or listing a site twice, missing or
+            misshapen tensors, NaN/Inf values or ``lo > hi``; the message names the file.
     """
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise MapFileError(f"{path} is a directory, not a map file")
     if not path.is_file():
         raise FileNotFoundError(f"no map file at {path}")
     try:
@@ -221,11 +240,7 @@ def load_maps(path: str | os.PathLike, device: torch.device | str | None = None)
         raise MapFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
     if raw_meta is None:
         raise MapFileError(f"{path}: a safetensors file, but not an act_fast map file (no '{FORMAT_NAME}' metadata)")
-    try:
-        meta = json.loads(raw_meta)
-        sites, channels, version = list(meta["sites"]), dict(meta["channels"]), int(meta["format_version"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise MapFileError(f"{path}: corrupt act_fast map metadata: {err}") from err
+    sites, channels, version, meta = _read_metadata(path, raw_meta)
     if version > FORMAT_VERSION:
         raise MapFileError(f"{path}: map format version {version} is newer than this act_fast reads ({FORMAT_VERSION}); upgrade act_fast")
     expected_keys = set()

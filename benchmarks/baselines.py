@@ -36,7 +36,7 @@ class ReferenceStyleHook:
     5. casts back to the input dtype and rebuilds the output tuple.
 
     Channels last only (``[..., C]``), one map set and a scalar strength: the LLM case that
-    DESIGN.md §6 compares against ("≥ 10× less added time per steered forward").
+    docs/design.md §6 compares against ("≥ 10× less added time per steered forward").
     """
 
     def __init__(self, weight: Tensor, bias: Tensor, lo: Tensor | None, hi: Tensor | None, strength: float, dtype: torch.dtype = torch.float32):

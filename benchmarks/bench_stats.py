@@ -2,7 +2,7 @@
 
 Run: ``python -m pytest benchmarks/bench_stats.py --benchmark-group-by=param:shape,param:dtype``.
 On CUDA ``update`` runs the fused Triton kernel; on CPU the pure-torch float64 reference (CPU
-figures are ratios only, DESIGN.md §6). Target on GPU: ``update`` at least half the read-once
+figures are ratios only, docs/design.md §6). Target on GPU: ``update`` at least half the read-once
 throughput (GB/s of input read, recorded in ``extra_info``).
 """
 
@@ -30,14 +30,39 @@ def test_read_once(timed, device, shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_channel_stats_update(timed, device, shape, dtype):
+    """Steady state: the first (warm-up) call calibrates, the timed ones only update."""
     x = _data(shape, dtype, device)
     stats = af.ChannelStats(shape[1], device=device)
     timed(stats.update, x, bytes_moved=x.numel() * x.element_size())
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_channel_stats_calibrate(timed, device, shape):
+    """The one-off calibration of the first batch (per-channel median and mean absolute
+    deviation), which the first ``update`` of a stream pays."""
+    x = _data(shape, torch.bfloat16, device)
+    stats = af.ChannelStats(shape[1], device=device)
+    timed(stats.calibrate, x, bytes_moved=x.numel() * x.element_size())
+
+
+@pytest.mark.parametrize("query", ["coupled_covariance", "auroc", "quantile_function"])
+def test_channel_stats_queries(benchmark, device, query):
+    """Queries between two filled histograms (C = 1024, 65,536 rows each, different calibrations)."""
+    benchmark.group = "stats queries, C = 1024"
+    torch.manual_seed(0)
+    src = af.ChannelStats(1024, device=device).update(torch.randn(65536, 1024, device=device))
+    tgt = af.ChannelStats(1024, device=device).update(torch.randn(65536, 1024, device=device).exp())
+    fn = {
+        "coupled_covariance": lambda: src.coupled_covariance(tgt),
+        "auroc": lambda: src.auroc(tgt),
+        "quantile_function": lambda: src.quantile_function(256),
+    }[query]
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+
+
 # ---------------------------------------------------------------------------- collection
 # ``af.collect`` on every norm site of a small Llama vs the plain forward of the same batches
-# (DESIGN.md §6: collection ≤ 10 % over a plain forward; on CPU a ratio of eager paths only).
+# (docs/design.md §6: collection ≤ 10 % over a plain forward; on CPU a ratio of eager paths only).
 LLAMA = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=512)
 COLLECT_BATCHES = 4

@@ -13,7 +13,7 @@ Run: ``python -m pytest benchmarks/bench_steer.py --benchmark-only --benchmark-g
 Each steered case also times a second, unsteered copy of the model interleaved with the steered
 one (same rounds, alternating), so ``extra_info`` holds a paired ``slowdown`` and ``added_ms``
 per forward that does not depend on what else the machine ran in between. On CPU the act_fast
-ops take their pure-torch path, so CPU figures compare eager code paths only (DESIGN.md §6:
+ops take their pure-torch path, so CPU figures compare eager code paths only (docs/design.md §6:
 absolute times hold only on a GPU); the GPU figures come from ``benchmarks/run_gpu.py``.
 """
 
@@ -83,7 +83,7 @@ def ids():
 def channels(models, ids):
     plain = models[1]
     sites = af.sites(plain, "layernorm")
-    return M.site_channels(plain, sites, lambda: plain(input_ids=ids[:1, :4], use_cache=False))
+    return M.site_channels(plain, sites, {"input_ids": ids[:1, :4], "use_cache": False})
 
 
 def _forward(model, ids):

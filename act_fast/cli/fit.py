@@ -14,12 +14,6 @@ LINEAS = "lineas"
 DEFAULT_SITES = "post_layernorm"
 
 
-def default_support(method: str) -> str:
-    """The support used without ``--support``: none for the mean-difference vector (a vector add
-    is never masked), the AcT reference's ``q_0_100`` (the source's [min, max]) otherwise."""
-    return "q_all" if method == "mean_diff" else "q_0_100"
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from act_fast.estimators import METHODS
     from act_fast.stats.pooling import POOLINGS
@@ -55,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--method", choices=[*METHODS, LINEAS], default="linear_act", help="estimator (default: %(default)s)")
     how.add_argument("--support", metavar="PRESET|LO,HI",
                      help="where maps act: q_all, q_0_100, …, q_40_60, or two source quantile levels "
-                     "(default: q_0_100, q_all for mean_diff; LinEAS has none)")
+                     "(default: the method's, q_0_100 for linear_act and none for the others; LinEAS has none)")
     how.add_argument("--out", required=True, metavar="MAPS.safetensors", help="map file to write")
     lineas = p.add_argument_group("LinEAS (--method lineas)")
     lineas.add_argument("--steps", type=common.positive_int, default=1000, help="optimiser steps (default: %(default)s)")
@@ -77,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("LinEAS maps have no support; drop --support")
     if lineas and args.independent:
         raise CliError("LinEAS fits all sites jointly; --independent applies to the closed-form methods")
-    support = None if lineas else (common.check_support(args.support) or default_support(args.method))
+    from act_fast.estimators.closed_form import resolve_support
+
+    support = None if lineas else resolve_support(args.method, common.check_support(args.support))
     out = common.check_output(args.out)
     if from_stats:
         if args.source_stats is None or args.target_stats is None:

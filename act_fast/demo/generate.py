@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import act_fast as af
-from act_fast.stats.collect import model_device
+from act_fast.modeling import module_device
 
 PROMPTS = (
     "My favourite way to spend a Saturday is",
@@ -32,7 +32,7 @@ def generations(
     """Greedy continuations of ``prompts``: ``{"unsteered": [...], "λ=0.50": [...], ...}``, one text per
     prompt (the prompt itself left out), the unsteered model first, then under :func:`act_fast.steer`
     at each strength."""
-    device = model_device(model)
+    device = module_device(model)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues every prompt from its last real token
     try:

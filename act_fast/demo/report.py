@@ -58,17 +58,20 @@ def plot_curves(result: DemoResult, path: Path) -> Path:
 
     cfg, ref = result.config, result.reference
     lams = list(cfg.strengths)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, series in (
-        (left, [(f"classified {cfg.target}", "target_fraction", "C0"), (f"mean p({cfg.target})", "target_prob", "C1")]),
-        (right, [(f"cos to {cfg.source} centroid", "cos_source", "C2"), (f"cos to {cfg.target} centroid", "cos_target", "C3")]),
-    ):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
+    panels = (
+        (left, "fraction / probability", [(f"classified {cfg.target}", "target_fraction", "C0"), (f"mean p({cfg.target})", "target_prob", "C1")]),
+        (right, "cosine similarity", [(f"cos to {cfg.source} centroid", "cos_source", "C2"), (f"cos to {cfg.target} centroid", "cos_target", "C3")]),
+    )
+    for ax, ylabel, series in panels:
         for label, key, color in series:
             ax.plot(lams, [getattr(s, key) for s in result.rows], "o-", color=color, label=label)
             ax.axhline(getattr(ref, key), color=color, linestyle="--", linewidth=1, label=f"{label}: {cfg.target} held-out, unsteered")
         ax.set_xlabel("strength λ")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # below the axes, so the legend never covers a curve
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     left.set_title(f"linear probe on held-out {cfg.source} sentences")
     left.set_ylim(-0.03, 1.03)
     right.set_title("cosine to topic centroids")

@@ -1,25 +1,89 @@
-"""Closed-form per-channel estimators (DESIGN.md §1): Linear-AcT, Mean-AcT, Gaussian-AcT, AURA
+"""Closed-form per-channel estimators (docs/design.md §1): Linear-AcT, Mean-AcT, Gaussian-AcT, AURA
 and the mean-difference vector, from exact samples or streaming :class:`ChannelStats`.
 
 Both input kinds go through the same code: an ``[N, C]`` tensor becomes an exact-mode
 ChannelStats (raw rows kept, exact order statistics), so every estimator reads counts, moments,
-quantiles, the quantile-coupling cross moment and AUROC through one interface. All arithmetic
-is float64; the returned map is float32.
+quantiles, the quantile-coupling covariance and AUROC through one interface. All arithmetic is
+float64 (:mod:`.formulas`); the returned map is float32.
+
+**Default support per method** (``support=None``, in :func:`fit_map` and :func:`act_fast.fit`
+alike): the AcT reference implementation's defaults for the AcT estimators — ``q_0_100`` (the
+source's [min, max]) for ``linear_act``, no support (``q_all``) for ``mean_act``,
+``gaussian_act`` and ``aura`` — and never a support for ``mean_diff``: a vector add (CAA, ActAdd,
+ITI-c) is applied to every value.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from act_fast.estimators import formulas
 from act_fast.estimators.support import Support, support_levels
 from act_fast.maps import AffineMap
 from act_fast.stats import ChannelStats
 
-METHODS = ("linear_act", "mean_act", "gaussian_act", "aura", "mean_diff")
-# A source channel whose std is below this fraction of |mean| has no spread left after float64
-# rounding; regressing on it would divide by rounding noise.
-_ZERO_SPREAD_REL = 64 * torch.finfo(torch.float64).eps
+# Bounds given to a channel whose fitted support is empty (lo == hi): no support there.
+OPEN_BOUND = torch.finfo(torch.float32).max
+
+
+def _linear_act(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
+    # The covariance in centred form (no E[Q_s Q_t] − m_s m_t cancellation on large-mean channels).
+    return formulas.linear_act(src.coupled_covariance(tgt), src.var(unbiased=False), src.mean, tgt.mean)
+
+
+def _mean_act(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
+    keep = formulas.std_mask(src.std(unbiased=True), tgt.std(unbiased=True), std_eps)
+    return formulas.mean_act(src.mean, tgt.mean, keep)
+
+
+def _gaussian_act(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
+    std_s, std_t = src.std(unbiased=True), tgt.std(unbiased=True)
+    spread = formulas.has_spread(src.var(unbiased=False), src.mean)
+    return formulas.gaussian_act(src.mean, std_s, tgt.mean, std_t, formulas.std_mask(std_s, std_t, std_eps), spread)
+
+
+def _aura(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
+    return formulas.aura(src.auroc(tgt))
+
+
+def _mean_diff(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
+    return formulas.mean_diff(src.mean, tgt.mean)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One method of :func:`fit_map`: ``fit(source, target, std_eps) -> (w, b)`` (float64 ``[C]``)
+    and the support used when none is asked for."""
+
+    fit: Callable[[ChannelStats, ChannelStats, float], tuple[Tensor, Tensor]]
+    default_support: str
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "linear_act": Estimator(_linear_act, "q_0_100"),
+    "mean_act": Estimator(_mean_act, "q_all"),
+    "gaussian_act": Estimator(_gaussian_act, "q_all"),
+    "aura": Estimator(_aura, "q_all"),
+    "mean_diff": Estimator(_mean_diff, "q_all"),
+}
+METHODS = tuple(ESTIMATORS)
+
+
+def estimator(method: str) -> Estimator:
+    """The :class:`Estimator` of ``method``; ValueError listing the methods otherwise."""
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    return ESTIMATORS[method]
+
+
+def resolve_support(method: str, support: Support | None) -> Support:
+    """``support``, or the method's default when None (see the module docstring)."""
+    return estimator(method).default_support if support is None else support
 
 
 def as_stats(x: Tensor | ChannelStats, name: str) -> ChannelStats:
@@ -37,50 +101,39 @@ def as_stats(x: Tensor | ChannelStats, name: str) -> ChannelStats:
     return ChannelStats(x.shape[1], device=x.device, exact=True).update(x.detach())
 
 
-def _std_mask(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> Tensor:
-    """Channels where both unbiased stds exceed ``std_eps`` (a NaN std, from one sample, fails)."""
-    return (src.std(unbiased=True) > std_eps) & (tgt.std(unbiased=True) > std_eps)
+def _check_finite_values(stats: ChannelStats, name: str) -> None:
+    empty = stats.count == 0
+    if bool(empty.any()):
+        channels = empty.nonzero().flatten()[:8].tolist()
+        raise ValueError(
+            f"{name} has channels with no finite value (all NaN/Inf or no data): {channels} "
+            f"({int(empty.sum())} of {stats.num_channels}); no map can be fitted there"
+        )
 
 
-def _has_spread(src: ChannelStats) -> Tensor:
-    """Source channels whose variance is more than float64 rounding of their mean."""
-    var_s = src.var(unbiased=False)
-    return var_s > (_ZERO_SPREAD_REL * src.mean.abs()).square()
-
-
-def _linear_act(src: ChannelStats, tgt: ChannelStats) -> tuple[Tensor, Tensor]:
-    m_s, m_t = src.mean, tgt.mean
-    var_s = src.var(unbiased=False)
-    cov = src.cross_moment(tgt) - m_s * m_t
-    spread = _has_spread(src)
-    w = torch.where(spread, cov / torch.where(spread, var_s, 1.0), 1.0)
-    return w, m_t - w * m_s
-
-
-def _mean_act(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
-    keep = _std_mask(src, tgt, std_eps)
-    return torch.ones_like(src.mean), torch.where(keep, tgt.mean - src.mean, 0.0)
-
-
-def _gaussian_act(src: ChannelStats, tgt: ChannelStats, std_eps: float) -> tuple[Tensor, Tensor]:
-    keep = _std_mask(src, tgt, std_eps)
-    spread = _has_spread(src)
-    std_s = torch.where(spread, src.std(unbiased=True), 1.0)
-    w = torch.where(keep & spread, tgt.std(unbiased=True) / std_s, 1.0)
-    return w, torch.where(keep, tgt.mean - w * src.mean, 0.0)
-
-
-def _aura(src: ChannelStats, tgt: ChannelStats) -> tuple[Tensor, Tensor]:
-    auroc = src.auroc(tgt)
-    w = torch.where(auroc > 0.5, 1.0 - 2.0 * (auroc - 0.5), 1.0)
-    return w, torch.zeros_like(w)
+def _support_bounds(src: ChannelStats, levels: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """Source quantiles at ``levels`` as float32 bounds; an empty interval (lo == hi: one value, or
+    a constant source channel) gets no support on that channel, with a warning counting them."""
+    bounds = src.quantile(list(levels))
+    lo, hi = bounds[0].float(), bounds[1].float()
+    empty = lo >= hi
+    if bool(empty.any()):
+        warnings.warn(
+            f"{int(empty.sum())} of {src.num_channels} channels have an empty support interval (the source "
+            f"quantiles at {levels} coincide: one value or a constant channel); those channels get no support "
+            f"(the map applies to every value)",
+            stacklevel=3,
+        )
+        lo = torch.where(empty, -OPEN_BOUND, lo)
+        hi = torch.where(empty, OPEN_BOUND, hi)
+    return lo, hi
 
 
 def fit_map(
     source: Tensor | ChannelStats,
     target: Tensor | ChannelStats,
     method: str = "linear_act",
-    support: Support = "q_all",
+    support: Support | None = None,
     std_eps: float = 1e-4,
 ) -> AffineMap:
     """Fits a per-channel affine map transporting ``source`` activations onto ``target`` ones.
@@ -91,37 +144,34 @@ def fit_map(
         target: ``[N_t, C]`` samples or ChannelStats of those that do not. ``N_s != N_t`` is
             fine: Linear-AcT then uses the quantile coupling ``E[Q_s(U) Q_t(U)]``.
         method: ``linear_act`` (least squares of sorted target on sorted source, population
-            moments: ``w = (E[Q_s Q_t] − m_s m_t) / Var(s)``, ``b = m_t − w m_s``), ``mean_act``
+            moments: ``w = Cov(Q_s, Q_t) / Var(s)``, ``b = m_t − w m_s``), ``mean_act``
             (``w = 1, b = m_t − m_s``), ``gaussian_act`` (``w = σ_t / σ_s``, ``b = m_t − w m_s``),
             ``aura`` (``w = 1 − 2(AUROC − 0.5)`` where the AUROC of source vs target exceeds 0.5,
             else 1; ``b = 0``) or ``mean_diff`` (``w = 1, b = m_t − m_s``, no mask).
         support: a preset (``q_all``, ``q_0_100``, …, ``q_40_60``) or ``(lo_level, hi_level)``:
             the map acts where ``Q_s(lo) < x < Q_s(hi)``. Exact samples follow ``torch.quantile``.
+            None: the method's default (module docstring). A channel whose interval is empty
+            (one sample, a constant channel) gets no support, with a warning.
         std_eps: Mean/Gaussian-AcT leave a channel as identity when either unbiased std is
             ``≤ std_eps``.
 
     Returns:
         An :class:`AffineMap` with float32 ``[C]`` tensors. A source channel with zero spread
         gets ``w = 1, b = m_t − m_s`` under Linear-AcT; no estimator returns NaN or Inf.
+
+    Raises:
+        ValueError: unknown method or support, channel counts that differ, a channel without any
+            finite value on either side (named).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    levels = support_levels(support)
+    how = estimator(method)
+    levels = support_levels(resolve_support(method, support))
     src, tgt = as_stats(source, "source"), as_stats(target, "target")
     if src.num_channels != tgt.num_channels:
         raise ValueError(f"source has {src.num_channels} channels but target has {tgt.num_channels}")
-    if method == "linear_act":
-        w, b = _linear_act(src, tgt)
-    elif method == "mean_act":
-        w, b = _mean_act(src, tgt, std_eps)
-    elif method == "gaussian_act":
-        w, b = _gaussian_act(src, tgt, std_eps)
-    elif method == "aura":
-        w, b = _aura(src, tgt)
-    else:
-        w, b = torch.ones_like(src.mean), tgt.mean - src.mean
+    _check_finite_values(src, "source")
+    _check_finite_values(tgt, "target")
+    w, b = how.fit(src, tgt, std_eps)
     lo = hi = None
     if levels is not None:
-        bounds = src.quantile(list(levels))
-        lo, hi = bounds[0].float(), bounds[1].float()
+        lo, hi = _support_bounds(src, levels)
     return AffineMap(w.float(), b.float(), lo, hi)

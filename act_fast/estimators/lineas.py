@@ -1,4 +1,4 @@
-"""``fit_lineas``: LinEAS, affine maps on all sites learned jointly end to end (DESIGN.md §1).
+"""``fit_lineas``: LinEAS, affine maps on all sites learned jointly end to end (docs/design.md §1).
 
 "End-to-end Learning of Sparse Interventions on Activations to Steer Generation" (NeurIPS 2025):
 every site gets a per-channel map ``T(x) = w ⊙ x + b`` initialised at the identity; the maps are
@@ -12,7 +12,8 @@ sparse: whole channels and whole sites return exactly to the identity.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +21,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from act_fast.integrations import SiteSpec, site_names
 from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
-from act_fast.integrations import sites as preset_sites
-from act_fast.stats import collect
-from act_fast.stats.collect import StopForward, model_device, resolve_sites, site_rows
+from act_fast.modeling import Batch, Hook, module_device, progress_bar, run_batches
+from act_fast.stats.collection import PaddingMask, collect_into, site_rows
 from act_fast.stats.pooling import POOLINGS
-from act_fast.steer import steer
+from act_fast.steering import steer
 
-Batches = Iterable[Mapping[str, Any]]
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -140,25 +140,34 @@ def proximal_step(weight: Tensor, bias: Tensor, lr: float, l1: float, group: flo
 
 
 class _PooledSteered:
-    """Forward hooks that pool each site's (already steered) output for the loss, then end the
-    forward once every site has run (the layers after the last site do not matter)."""
+    """Forward hooks that pool each site's (already steered) output for the loss."""
 
     def __init__(self, site_names: Sequence[str], pooling: str) -> None:
         self.site_names = list(site_names)
         self.pooling = pooling
         self.rows: dict[str, Tensor] = {}
-        self.mask: Tensor | None = None
+        self.padding = PaddingMask()
 
-    def hook(self, site: str):
+    def hook(self, site: str) -> Hook:
         def fn(module: nn.Module, args: Any, output: Any) -> None:
             if site in self.rows:
                 raise ValueError(f"site {site!r} ran twice in one forward pass; LinEAS needs sites that run once per forward")
-            rows, row_mask = site_rows(output, self.mask, self.pooling, site, module)
+            rows, row_mask = site_rows(output, self.padding.mask, self.pooling, site, module)
             self.rows[site] = rows if row_mask is None else rows[row_mask]
-            if len(self.rows) == len(self.site_names):
-                raise StopForward
 
         return fn
+
+    def run(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        """Pooled steered rows of every site for one batch, with autograd (the forward stops after
+        the last site)."""
+        self.rows = {}
+        hooks = {site: self.hook(site) for site in self.site_names}
+        run_batches(model, [batch], hooks, stop_after=self.site_names, on_batch=self.padding, grad=True)
+        missing = [site for site in self.site_names if site not in self.rows]
+        if missing:
+            raise ValueError(f"sites {missing} produced no output during the forward pass")
+        rows, self.rows = self.rows, {}
+        return rows
 
 
 def _check_args(steps: int, optimizer: str, lr: float, l1: float, group: float, pooling: str) -> None:
@@ -175,11 +184,52 @@ def _check_args(steps: int, optimizer: str, lr: float, l1: float, group: float, 
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
+
+def _target_rows(model: nn.Module, names: list[str], target: list[Batch], pooling: str) -> dict[str, Tensor]:
+    """Pooled target rows per site (collected once, unsteered, exact)."""
+    stats = collect_into(model, target, names, pooling=pooling, stop_early=True, stats_kwargs={"exact": True})
+    rows = {site: s.samples for site, s in stats.items()}
+    for site, r in rows.items():
+        if r.shape[0] == 0:
+            raise ValueError(f"site {site!r}: the target batches gave no pooled rows (only padding?)")
+    return rows
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """The model's parameters with ``requires_grad`` off, restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _optimizer(tensors: list[Tensor], optimizer: str, lr: float, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser over the map tensors and its cosine decay to 0 over ``steps``."""
+    opt: torch.optim.Optimizer = torch.optim.Adam(tensors, lr=lr) if optimizer == "adam" else torch.optim.SGD(tensors, lr=lr)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+
+
+def _loss(rows: dict[str, Tensor], target_rows: dict[str, Tensor], generator: torch.Generator) -> Tensor:
+    """Mean over sites of the mean over channels of the per-channel W2² (pooled steered source vs target)."""
+    return torch.stack([wasserstein2(rows[s], target_rows[s], generator).mean() for s in target_rows]).mean()
+
+
+def _check_finite(step: int, loss: Tensor, tensors: list[Tensor], lr: float) -> None:
+    finite = torch.stack([torch.isfinite(loss.detach())] + [torch.isfinite(t).all() for t in tensors]).all()
+    if not bool(finite):
+        raise ValueError(f"fit_lineas diverged at step {step}: the loss or a map is no longer finite; lower lr (now {lr})")
+
+
 def fit_lineas(
     model: nn.Module,
-    source_batches: Batches,
-    target_batches: Batches,
-    sites: str | Sequence[str],
+    source_batches: Iterable[Batch],
+    target_batches: Iterable[Batch],
+    sites: SiteSpec,
     *,
     steps: int = 1000,
     optimizer: str = "adam",
@@ -188,7 +238,7 @@ def fit_lineas(
     group: float = 0.0,
     pooling: str = "mean",
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> LineasMaps:
     """Learns one affine map per site, all sites jointly, through the frozen model (LinEAS).
 
@@ -218,8 +268,8 @@ def fit_lineas(
             marks padding). About 32 prompts per side suffice. Every source batch should hold as
             many pooled rows as possible: the distance compares ``min(N_source, N_target)`` sorted
             samples, subsampling the larger side at random each step.
-        sites: module names, or a preset name for :func:`act_fast.sites`. Each must run once per
-            forward pass.
+        sites: a preset name for :func:`act_fast.sites` or a list of module names. Each must run
+            once per forward pass.
         steps: optimiser steps (≥ 1).
         optimizer: ``"adam"`` (default) or ``"sgd"`` (no momentum).
         lr: peak learning rate (> 0).
@@ -232,66 +282,40 @@ def fit_lineas(
             ``(0, 1)`` and ``≥ 1`` keeps every map at the identity.
         pooling: ``mean`` / ``last`` / ``max`` / ``min`` per prompt, or ``none`` (every token).
         seed: seeds the subsampling of the larger side.
-        progress: a progress bar with the current loss, and the support printed at the end.
+        progress: a progress bar with the current loss (None: only when stderr is a terminal),
+            and the support printed at the end.
 
     Returns:
         :class:`LineasMaps` (a :class:`SteeringMaps`, ``method="lineas"``, ``support="q_all"``) in
         forward order, on the model's device in float32, with ``.losses`` and ``.report``.
     """
     _check_args(steps, optimizer, lr, l1, group, pooling)
-    site_names = preset_sites(model, sites) if isinstance(sites, str) else list(sites)
-    if not site_names:
-        raise ValueError("fit_lineas needs at least one site")
+    names = site_names(model, sites)
     source, target = list(source_batches), list(target_batches)
     if not source or not target:
         raise ValueError(f"fit_lineas needs batches on both sides, got {len(source)} source and {len(target)} target batches")
-    modules = resolve_sites(model, site_names)
-    device = model_device(model)
-    model_type, fingerprint = model_fingerprint(model)
-
-    target_stats = collect(model, site_names, target, pooling, progress=False, stop_early=True, exact=True)
-    target_rows = {site: s.samples for site, s in target_stats.items()}
-    for site, rows in target_rows.items():
-        if rows.shape[0] == 0:
-            raise ValueError(f"site {site!r}: the target batches gave no pooled rows (only padding?)")
-
+    target_rows = _target_rows(model, names, target, pooling)
     params = {
-        site: (torch.ones(rows.shape[1], device=rows.device, requires_grad=True), torch.zeros(rows.shape[1], device=rows.device, requires_grad=True))
-        for site, rows in target_rows.items()
+        site: (torch.ones(r.shape[1], device=r.device, requires_grad=True), torch.zeros(r.shape[1], device=r.device, requires_grad=True))
+        for site, r in target_rows.items()
     }
-    opt_params = [t for pair in params.values() for t in pair]
-    opt: torch.optim.Optimizer = torch.optim.Adam(opt_params, lr=lr) if optimizer == "adam" else torch.optim.SGD(opt_params, lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    tensors = [t for pair in params.values() for t in pair]
+    opt, schedule = _optimizer(tensors, optimizer, lr, steps)
     generator = torch.Generator().manual_seed(seed)
-
-    pooled = _PooledSteered(site_names, pooling)
-    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    handles = []
-    curve = torch.empty(steps, device=device)
-    order = site_names
-    try:
-        for p, _ in grad_flags:
-            p.requires_grad_(False)
-        # The maps are the trained tensors themselves (op mode: gradients reach them through the
-        # transport op). Steering hooks run before the pooling hooks registered after them.
-        handles.append(steer(model, {site: AffineMap(*params[site]) for site in modules}, 1.0, mode="op"))
-        handles += [module.register_forward_hook(pooled.hook(site)) for site, module in modules.items()]
-        bar = tqdm(range(steps), desc="fit_lineas", disable=not progress, leave=False)
-        for step in bar:
-            batch = source[step % len(source)]
-            inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            mask = inputs.get("attention_mask")
-            pooled.mask = None if mask is None else mask.to(torch.bool)
-            pooled.rows = {}
-            try:
-                model(**inputs)
-            except StopForward:
-                pass
-            missing = [site for site in site_names if site not in pooled.rows]
-            if missing:
-                raise ValueError(f"sites {missing} produced no output during the forward pass")
-            order = list(pooled.rows)  # insertion order of the hooks: forward order
-            loss = torch.stack([wasserstein2(pooled.rows[s], target_rows[s], generator).mean() for s in site_names]).mean()
+    pooled = _PooledSteered(names, pooling)
+    curve = torch.empty(steps, device=module_device(model))
+    order = names
+    # The maps are the trained tensors themselves (op mode: gradients reach them through the
+    # transport op); the steering hooks run before the pooling hooks registered after them.
+    with (
+        _frozen(model),
+        steer(model, {site: AffineMap(*params[site]) for site in names}, 1.0, mode="op"),
+        progress_bar(steps, "fit_lineas", progress, unit="step") as bar,
+    ):
+        for step in range(steps):
+            rows = pooled.run(model, source[step % len(source)])
+            order = list(rows)  # hooks fire in forward order
+            loss = _loss(rows, target_rows, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             lr_t = opt.param_groups[0]["lr"]
@@ -301,31 +325,16 @@ def fit_lineas(
                 for w, b in params.values():
                     proximal_step(w, b, lr_t, l1, group)
             curve[step] = loss.detach()
-            finite = torch.stack([torch.isfinite(loss.detach())] + [torch.isfinite(t).all() for t in opt_params]).all()
-            if not bool(finite):
-                raise ValueError(f"fit_lineas diverged at step {step}: the loss or a map is no longer finite; lower lr (now {lr})")
-            pooled.rows = {}
-            if progress and (step % 10 == 0 or step == steps - 1):
+            _check_finite(step, loss, tensors, lr)
+            bar.update(1)
+            if not bar.disable and (step % 10 == 0 or step == steps - 1):
                 bar.set_postfix(loss=f"{float(curve[step]):.4g}")
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in grad_flags:
-            p.requires_grad_(flag)
-        pooled.mask, pooled.rows = None, {}
-
-    maps = {site: AffineMap(w.detach().clone(), b.detach().clone()) for site, (w, b) in params.items()}
-    maps = {site: maps[site] for site in order}
+    maps = {site: AffineMap(params[site][0].detach().clone(), params[site][1].detach().clone()) for site in order}
     report = support_report(maps)
-    if progress:
+    if progress or (progress is None and not bar.disable):
         tqdm.write(f"fit_lineas: loss {float(curve[0]):.4g} -> {float(curve[-1]):.4g} over {steps} steps; {report}")
+    model_type, fingerprint = model_fingerprint(model)
     return LineasMaps(
-        maps,
-        method="lineas",
-        support="q_all",
-        pooling=pooling,
-        model_type=model_type,
-        model_fingerprint=fingerprint,
-        losses=curve.tolist(),
-        report=report,
+        maps, method="lineas", support="q_all", pooling=pooling, model_type=model_type, model_fingerprint=fingerprint,
+        losses=curve.tolist(), report=report,
     )

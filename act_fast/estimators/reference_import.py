@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from act_fast.estimators import formulas
 from act_fast.maps import AffineMap, SteeringMaps
 
 StateDict = Mapping[str, Any]
@@ -43,14 +44,14 @@ def _reference_map(sd: StateDict, where: str, method: str | None, support: str |
         kind = "mean_act" if only_mean else "gaussian_act"
         mu1, mu2 = _vector(sd, "mu1", where), _vector(sd, "mu2", where)
         std1, std2 = _vector(sd, "std1", where), _vector(sd, "std2", where)
-        keep = (std1 > std_eps) & (std2 > std_eps)
-        w = torch.ones_like(mu1) if only_mean else torch.where(keep, std2 / torch.where(keep, std1, 1.0), 1.0)
-        b = torch.where(keep, mu2 - w * mu1, 0.0)
+        keep = formulas.std_mask(std1, std2, std_eps)
+        if only_mean:
+            w, b = formulas.mean_act(mu1, mu2, keep)
+        else:
+            w, b = formulas.gaussian_act(mu1, std1, mu2, std2, keep, torch.ones_like(keep))
     elif "auroc" in sd:
         kind = "aura"
-        auroc = _vector(sd, "auroc", where)
-        w = torch.where(auroc > 0.5, 1.0 - 2.0 * (auroc - 0.5), 1.0)
-        b = torch.zeros_like(w)
+        w, b = formulas.aura(_vector(sd, "auroc", where))
     else:
         raise ValueError(f"{where}: not a reference AcT state dict (expected net.w1/net.b1, mu1/mu2/std1/std2 or auroc; got keys {sorted(sd)[:10]})")
     name = support if support is not None else str(sd.get("quantiles_src", "q_all"))

@@ -4,7 +4,8 @@ The steering code uses a :class:`NormSpec` to replace a norm by a fused norm + t
 or to fold a map into the norm's affine parameters. A class is registered only when its forward
 is exactly the standard formula (checked against the installed source and by the tests):
 
-- ``rms``:   ``x * rsqrt(mean(x², -1) + eps) * (weight + weight_offset)``
+- ``rms``:   ``x * rsqrt(mean(x², -1) + eps) * (weight + weight_offset)``, with the module's rounding
+  order (:attr:`NormSpec.cast_before_scale`)
 - ``layer``: ``F.layer_norm(x, (C,), weight, bias, eps)`` over the last dimension
 - ``group``: ``F.group_norm(x, num_groups, weight, bias, eps)`` over channel dimension 1
 
@@ -36,8 +37,10 @@ class NormSpec:
             ``1 + w``).
         num_groups: GroupNorm only.
         cast_before_scale: the module rounds the normalised value to the input dtype before
-            multiplying by the scale (Llama-style HF RMSNorms); one rounding of difference from a
-            kernel that scales in fp32, none on fp32 input.
+            multiplying by the scale (Llama-style HF RMSNorms: ``weight * x̂.to(input_dtype)``);
+            False: it scales in float32 and rounds once (Gemma, ``torch.nn.RMSNorm``). The fused
+            kernels reproduce the order (``rms_norm_transport(cast_before_scale=...)``), so a fused
+            site at λ = 0 returns the module's output bit for bit.
     """
 
     kind: str
@@ -101,14 +104,15 @@ NORM_CLASSES: dict[str, Extractor] = {
 }
 
 
-def _class_key(cls: type) -> str:
+def class_key(cls: type) -> str:
+    """``module.qualname`` of a class: the key of the class registries."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def norm_spec(module: nn.Module) -> NormSpec | None:
     """The :class:`NormSpec` of ``module``, or ``None`` when it is not a registered norm class
     computing the standard formula (including when its instance ``forward`` was replaced)."""
-    extract = NORM_CLASSES.get(_class_key(type(module)))
+    extract = NORM_CLASSES.get(class_key(type(module)))
     if extract is None or "forward" in vars(module):
         return None
     return extract(module)

@@ -54,3 +54,9 @@ def use_triton(x: Tensor) -> bool:
     if _backend == "triton":
         return x.is_cuda or interpreting()
     return x.is_cuda
+
+
+def implementation(x: Tensor) -> str:
+    """The implementation an op on ``x`` runs: ``"triton"`` or ``"torch"`` (the reference). The
+    one place that decides; every custom op asks it."""
+    return "triton" if use_triton(x) else "torch"

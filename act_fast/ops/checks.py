@@ -1,11 +1,15 @@
 """Input validation shared by the public op wrappers.
 
-Every error names what was expected and what came. Shape, dtype and device checks cost no
-device work. Finiteness of map tensors needs a device read, so it runs once per tensor version
-(cached) and never while torch.compile traces (it would force a host sync and a graph break).
+Every error names what was expected and what came, with shapes, never tensor values. Shape, dtype
+and device checks cost no device work. Value checks of map and strength tensors (finite, ``lo ≤
+hi``) need a device read, so they run once per tensor version (cached on the tensor) and never
+while torch.compile traces (they would force a host sync and a graph break).
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -117,50 +121,113 @@ def check_maps(
     check_support(lo, hi, num_channels, x, num_maps=num_maps)
 
 
-def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, float]:
-    """Splits λ into ``(tensor, scalar)``: ``(None, s)`` for a Python number, ``(t, 0.0)`` for a tensor.
+def is_number(value: object) -> bool:
+    """A real number that is not a bool: Python ints and floats, NumPy scalars."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, Tensor))
 
-    A tensor must be 0-d or ``[B]`` with ``B = x.shape[0]`` (one value per batch row), floating,
-    on ``x``'s device.
+
+def check_number(value: object, name: str, *, non_negative: bool = False) -> float:
+    """``value`` as a finite float (non-negative when asked); TypeError / ValueError otherwise."""
+    if not is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(v) or (non_negative and v < 0):
+        raise ValueError(f"{name} must be a finite{' non-negative' if non_negative else ''} number, got {value!r}")
+    return v
+
+
+def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, float]:
+    """Splits λ into ``(tensor, scalar)``: ``(None, s)`` for a number, ``(t, 0.0)`` for a tensor.
+
+    A number must be finite (NumPy scalars are numbers). A tensor must be 0-d or ``[B]`` with
+    ``B = x.shape[0]`` (one value per batch row), floating, on ``x``'s device, and finite (checked
+    once per in-place version, see :func:`check_values`).
     """
-    if isinstance(strength, bool) or not isinstance(strength, (int, float, Tensor)):
-        raise TypeError(f"strength must be a float, a 0-d tensor or a [B] tensor, got {type(strength).__name__}")
     if not isinstance(strength, Tensor):
-        return None, float(strength)
+        if not is_number(strength):
+            raise TypeError(f"strength must be a number, a 0-d tensor or a [B] tensor, got {type(strength).__name__}")
+        return None, check_number(strength, "strength")
     if not strength.is_floating_point():
         raise TypeError(f"strength tensor must be floating-point, got {strength.dtype}")
     if strength.device != x.device:
         raise ValueError(f"strength is on {strength.device} but x is on {x.device}; keep λ on the model's device")
-    if strength.ndim == 0:
-        return strength, 0.0
-    if strength.ndim != 1 or x.ndim < 2 or strength.shape[0] != x.shape[0]:
+    if strength.ndim != 0 and (strength.ndim != 1 or x.ndim < 2 or strength.shape[0] != x.shape[0]):
         rows = f"[{x.shape[0]}]" if x.ndim >= 2 else "a 0-d tensor (x has no batch dim)"
         raise ValueError(
             f"per-row strength must have shape {rows}, one value per batch row of x {list(x.shape)}, "
             f"got {list(strength.shape)}"
         )
+    check_values(strength=strength)
     return strength, 0.0
 
 
-_CHECKED_VERSION = "_act_fast_finite_version"
+_CHECKED_VERSION = "_act_fast_checked_version"
 
 
-def check_finite(**tensors: Tensor | None) -> None:
-    """Raises if any of the named tensors holds NaN or ±Inf.
+def _first_bad(bad: Tensor) -> str:
+    """The first offending indices of a boolean tensor, for a message (never the values)."""
+    idx = bad.nonzero()[:8]
+    return str(idx.flatten().tolist() if bad.ndim <= 1 else idx.tolist())
 
-    Each tensor is read once per in-place version (``Tensor._version``, remembered on the tensor); skipped under
-    torch.compile tracing, where a data-dependent check would break the graph.
+
+def check_values(lo: Tensor | None = None, hi: Tensor | None = None, **tensors: Tensor | None) -> None:
+    """Raises ValueError if a named tensor holds NaN or ±Inf, or if ``lo > hi`` anywhere.
+
+    Each tensor is read once per in-place version (``Tensor._version``, remembered on the tensor);
+    skipped under torch.compile tracing, where a data-dependent check would break the graph.
+    ``lo == hi`` is allowed: an empty support leaves that channel unchanged.
     """
     if torch.compiler.is_compiling():
         return
-    for name, t in tensors.items():
-        if t is None or isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta":
-            continue
-        version = t._version
-        if getattr(t, _CHECKED_VERSION, None) == version:
-            continue
-        if not bool(torch.isfinite(t).all()):
-            bad = (~torch.isfinite(t)).nonzero()[:8]
-            what = "channels" if t.ndim == 1 else "[map, channel] entries"
-            raise ValueError(f"{name} holds NaN or Inf (first bad {what}: {bad.flatten().tolist() if t.ndim == 1 else bad.tolist()}); a map must be finite")
-        setattr(t, _CHECKED_VERSION, version)
+    named = {**tensors, "lo": lo, "hi": hi}
+    fresh = [name for name, t in named.items() if t is not None and not _checked(t)]
+    if not fresh:
+        return
+    for name in fresh:
+        t = named[name]
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            where = "channels" if t.ndim == 1 else "[map, channel] entries" if t.ndim == 2 else "entries"
+            what = "λ" if name == "strength" else "a map"
+            raise ValueError(f"{name} (shape {list(t.shape)}) holds NaN or Inf at {where} {_first_bad(~finite)}; {what} must be finite")
+    if lo is not None and hi is not None and ("lo" in fresh or "hi" in fresh):
+        inverted = lo > hi
+        if bool(inverted.any()):
+            raise ValueError(
+                f"support has lo > hi (shape {list(lo.shape)}) at {'channels' if lo.ndim == 1 else '[map, channel] entries'} "
+                f"{_first_bad(inverted)}; a support interval needs lo <= hi (lo == hi: the map never applies there)"
+            )
+    for name in fresh:
+        setattr(named[name], _CHECKED_VERSION, named[name]._version)
+
+
+def _checked(t: Tensor) -> bool:
+    if isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta":
+        return True
+    return getattr(t, _CHECKED_VERSION, None) == t._version
+
+
+def check_norm_inputs(
+    x: Tensor,
+    channel_dim: int,
+    norm_weight: Tensor | None,
+    norm_bias: Tensor | None,
+    weight: Tensor,
+    bias: Tensor,
+    strength: Strength,
+    lo: Tensor | None,
+    hi: Tensor | None,
+    map_index: Tensor | None,
+) -> tuple[Tensor | None, float]:
+    """Validates a fused norm + transport call whose channels are on ``channel_dim`` (``x``
+    already checked to have it); returns the strength as ``(tensor, scalar)``."""
+    check_input(x)
+    C = x.shape[channel_dim]
+    if norm_weight is not None:
+        check_channel_vector(norm_weight, "norm_weight", C, x)
+    if norm_bias is not None:
+        check_channel_vector(norm_bias, "norm_bias", C, x)
+    check_maps(weight, bias, lo, hi, map_index, C, x)
+    s_tensor, s_scalar = normalize_strength(strength, x)
+    check_values(norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias, lo=lo, hi=hi)
+    return s_tensor, s_scalar

@@ -1,23 +1,24 @@
 """Fused GroupNorm + affine transport for conv features ``x: [B, C, *spatial]``::
 
-    h = group_norm(x, num_groups, norm_weight, norm_bias, eps)      (in the compute dtype)
+    h = group_norm(x, num_groups, norm_weight, norm_bias, eps)      (rounded to x's dtype, as the module)
     y = affine_transport(h, weight, bias, λ, lo, hi, channel_dim=1, pool_spatial=...)
 
-rounded once to ``x``'s dtype. Two Triton kernels:
+Two Triton kernels:
 
 - :func:`_plane_stats_kernel`, one program per ``(b, c)`` plane: the plane's mean and centred
   sum of squares (M2), chunked with Chan's merge (:func:`chan_merge_chunk`), into a small
   ``[B·C, 2]`` buffer in the compute dtype;
 - the planes kernel of :mod:`.transport` with ``NORM``: each ``(b, c)`` program merges the
   statistics of its group's planes (equal counts, so ``M2 = Σ M2_c + HW Σ (mean_c − mean)²``),
-  normalises its plane on the fly and transports it. GroupNorm is affine per plane, so the
-  normed plane's mean (support test, pooled map) comes from the statistics: ``x`` is read once
-  by each kernel and ``y`` written once.
+  normalises its plane on the fly (rounding to ``x``'s dtype) and transports it. GroupNorm is
+  affine per plane, so the normed plane's mean (support test, pooled map) comes from the
+  statistics (before rounding: within the dtype table of the reference, which averages the
+  rounded plane): ``x`` is read once by each kernel and ``y`` written once.
 
 Registered as ``torch.ops.act_fast.group_norm_transport`` with a fake (meta) kernel and an
-autograd formula derived by hand: the transport's gradients (:func:`transport_backward`) at
-``h``, then GroupNorm's backward. Gradients for ``x``, the norm's weight and bias, the map's
-weight and bias and a strength tensor; the support mask is not differentiated.
+autograd formula (:func:`act_fast.ops.backward.norm_transport_backward`): gradients for ``x``,
+the norm's weight and bias, the map's weight and bias and a strength tensor; the support mask is
+not differentiated.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import torch
 from torch import Tensor
 
 from act_fast.ops import checks
-from act_fast.ops.backend import HAS_TRITON, use_triton
-from act_fast.ops.norm_transport import check_norm_common, check_number
+from act_fast.ops.backend import HAS_TRITON, implementation
+from act_fast.ops.backward import norm_transport_backward
 from act_fast.ops.reference import Strength, compute_dtype, group_norm_transport_ref
-from act_fast.ops.transport import map_grad, transport_backward, transport_planes_triton
+from act_fast.ops.transport import transport_planes_triton
+from act_fast.ops.triton_helpers import output_like
 
 # Positions per chunk of the statistics kernel.
 _STATS_BLOCK = 4096
@@ -38,7 +40,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from act_fast.ops.norm_transport import chan_merge_chunk
+    from act_fast.ops.triton_helpers import chan_merge_chunk
 
     @triton.jit
     def _plane_stats_kernel(
@@ -71,9 +73,9 @@ def group_norm_transport_triton(
     scalar_strength: float,
     lo: Tensor | None,
     hi: Tensor | None,
+    map_index: Tensor | None,
     eps: float,
     pool_spatial: bool,
-    map_index: Tensor | None = None,
     out: Tensor | None = None,
 ) -> Tensor:
     """Launches the statistics and the planes kernels; arguments already validated.
@@ -82,7 +84,7 @@ def group_norm_transport_triton(
     ``strength`` None (use ``scalar_strength``), 0-d or ``[B]``. Writes into ``out`` (contiguous,
     ``x``'s shape and dtype) when given, else a new tensor; returns it.
     """
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
+    y = output_like(x, out)
     if x.numel() == 0:
         return y
     B, C = x.shape[:2]
@@ -94,7 +96,7 @@ def group_norm_transport_triton(
         IS_F64=x.dtype == torch.float64, BLOCK=min(triton.next_power_of_2(HW), _STATS_BLOCK), num_warps=4,
     )
     transport_planes_triton(
-        x3, y, weight, bias, strength, scalar_strength, lo, hi, pool_spatial, map_index,
+        x3, weight, bias, strength, scalar_strength, lo, hi, map_index, pool_spatial, y,
         group_norm=(stats, C // num_groups, norm_weight, norm_bias, eps),
     )
     return y
@@ -112,14 +114,13 @@ def _group_norm_transport_op(
     scalar_strength: float,
     lo: Tensor | None,
     hi: Tensor | None,
+    map_index: Tensor | None,
     eps: float,
     pool_spatial: bool,
-    map_index: Tensor | None,
 ) -> Tensor:
-    if use_triton(x):
+    if implementation(x) == "triton":
         return group_norm_transport_triton(
-            x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps,
-            pool_spatial, map_index,
+            x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial
         )
     s: Strength = scalar_strength if strength is None else strength
     return group_norm_transport_ref(
@@ -129,52 +130,24 @@ def _group_norm_transport_op(
 
 
 @_group_norm_transport_op.register_fake
-def _(x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps, pool_spatial, map_index):
+def _(x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 def _setup_context(ctx, inputs, output):
-    x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps, pool_spatial, map_index = inputs
+    x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial = inputs
     ctx.save_for_backward(x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
-    ctx.num_groups = num_groups
-    ctx.scalar_strength = scalar_strength
-    ctx.eps = eps
-    ctx.pool_spatial = pool_spatial
+    ctx.num_groups, ctx.scalar_strength, ctx.eps, ctx.pool_spatial = num_groups, scalar_strength, eps, pool_spatial
 
 
 def _backward(ctx, grad: Tensor):
-    """With ``x̂`` the group-normed ``x`` (``rstd`` per group) and ``h = x̂ ⊙ γ + β``: the
-    transport's gradients at ``h`` (:func:`transport_backward`), then
-    ``∂x = rstd (g − mean_G(g) − x̂ mean_G(g x̂))`` with ``g = γ ⊙ ∂h`` and ``mean_G`` the mean
-    over each group's channels and positions."""
     x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index = ctx.saved_tensors
     n = ctx.needs_input_grad
-    cdt = compute_dtype(x.dtype)
-    B, C = x.shape[:2]
-    affine_shape = (1, C) + (1,) * (x.ndim - 2)
-    xg = x.to(cdt).reshape(B, ctx.num_groups, x.numel() // max(1, B * ctx.num_groups))
-    xc = xg - xg.mean(-1, keepdim=True)
-    rstd = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + ctx.eps)
-    xhat = (xc * rstd).reshape(x.shape)
-    h = xhat if norm_weight is None else xhat * norm_weight.to(cdt).reshape(affine_shape)
-    if norm_bias is not None:
-        h = h + norm_bias.to(cdt).reshape(affine_shape)
-    gh, gw, gb, gs = transport_backward(
-        grad.to(cdt), h, weight, bias, strength, ctx.scalar_strength, lo, hi, 1, ctx.pool_spatial, map_index
+    gx, gnw, gnb, gw, gb, gs = norm_transport_backward(
+        grad, x, "group", ctx.num_groups, norm_weight, norm_bias, weight, bias, strength, ctx.scalar_strength, lo, hi,
+        map_index, ctx.eps, 0.0, ctx.pool_spatial, (n[0], n[2], n[3], n[4], n[5], n[6]),
     )
-    gx = gnw = gnb = None
-    if n[2] and norm_weight is not None:
-        gnw = map_grad(gh * xhat, norm_weight, None, 1)
-    if n[3] and norm_bias is not None:
-        gnb = map_grad(gh, norm_bias, None, 1)
-    if n[0]:
-        g = (gh if norm_weight is None else gh * norm_weight.to(cdt).reshape(affine_shape)).reshape(xg.shape)
-        xh = xhat.reshape(xg.shape)
-        gx = (rstd * (g - g.mean(-1, keepdim=True) - xh * (g * xh).mean(-1, keepdim=True))).reshape(x.shape).to(x.dtype)
-    return (
-        gx, None, gnw, gnb, gw if n[4] else None, gb if n[5] else None, gs if n[6] else None,
-        None, None, None, None, None, None,
-    )
+    return gx, None, gnw, gnb, gw, gb, gs, None, None, None, None, None, None
 
 
 _group_norm_transport_op.register_autograd(_backward, setup_context=_setup_context)
@@ -199,8 +172,9 @@ def group_norm_transport(
 
     ``h = group_norm(x, num_groups, norm_weight, norm_bias, eps)`` (biased variance over each
     group of ``C / num_groups`` channels and all positions), computed in float32 (float64 for
-    float64 input) and not rounded, then ``y = affine_transport(h, weight, bias, strength, lo,
-    hi, channel_dim=1, pool_spatial=pool_spatial, map_index=map_index)``, written in ``x``'s dtype.
+    float64 input) and rounded to ``x``'s dtype as ``torch.nn.GroupNorm`` returns it, then
+    ``y = affine_transport(h, weight, bias, strength, lo, hi, channel_dim=1,
+    pool_spatial=pool_spatial, map_index=map_index)``, written in ``x``'s dtype.
 
     Args:
         x: ``[B, C, *spatial]`` (at least one spatial dim, any strides), float32 / bfloat16 /
@@ -238,8 +212,8 @@ def group_norm_transport(
         raise ValueError(f"num_groups must be a positive divisor of the {C} channels of x {list(x.shape)}, got {num_groups}")
     if not isinstance(pool_spatial, bool):
         raise TypeError(f"pool_spatial must be a bool, got {type(pool_spatial).__name__}")
-    s_tensor, s_scalar = check_norm_common(x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index, channel_dim=1)
-    eps = check_number(eps, "eps", non_negative=True)
+    s_tensor, s_scalar = checks.check_norm_inputs(x, 1, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
+    eps = checks.check_number(eps, "eps", non_negative=True)
     return _group_norm_transport_op(
-        x, num_groups, norm_weight, norm_bias, weight, bias, s_tensor, s_scalar, lo, hi, eps, pool_spatial, map_index
+        x, num_groups, norm_weight, norm_bias, weight, bias, s_tensor, s_scalar, lo, hi, map_index, eps, pool_spatial
     )

@@ -1,42 +1,46 @@
 """Fused norm + affine transport: RMSNorm / LayerNorm over the last dim, then the map of
-DESIGN.md §1 applied to the normed value ``h``, in one Triton kernel (one read of ``x``, one
+docs/design.md §1 applied to the normed value ``h``, in one Triton kernel (one read of ``x``, one
 write of ``y``)::
 
-    h = rms_norm(x) | layer_norm(x)                 (the norm's own weight/bias, eps)
+    h = rms_norm(x) | layer_norm(x)        (the norm's own weight/bias/eps, rounded as the module rounds)
     y = h + λ (w ⊙ h + b − h)    where lo < h < hi (strict), else y = h
 
+``h`` is the module's output: computed in float32, with the module's rounding order
+(``CAST_BEFORE_SCALE``: Llama-style RMSNorms round the normalised value to the input dtype before
+multiplying by the weight), then rounded to the input dtype; the transport reads that rounded
+value. So λ = 0 returns the module's output and any λ equals the norm followed by the transport op
+(bit for bit on the reference; within the dtype table in the kernels, whose row reductions differ).
+
 :func:`_norm_transport_kernel` views ``x`` as ``[R, C]`` (any row/column stride) and runs one
-program per ``BLOCK_R`` rows. Rows whose ``next_power_of_2(C)`` is at most
-``MAX_SINGLE_TILE_C`` are held in registers: one read. Wider rows are walked in chunks of
-``_CHUNK_C`` channels twice (statistics, then output): a second read of the row, from L2 in
-practice. LayerNorm statistics over chunks merge per-chunk mean and centred sum of squares
-(Chan), never ``Σx² − C·mean²``.
+program per ``BLOCK_R`` rows. Rows whose ``next_power_of_2(C)`` is at most ``MAX_SINGLE_TILE_C``
+are held in registers: one read. Wider rows are walked in chunks of ``_CHUNK_C`` channels twice
+(statistics, then output): a second read of the row, from L2 in practice. LayerNorm statistics over
+chunks merge per-chunk mean and centred sum of squares (Chan), never ``Σx² − C·mean²``.
 
 With ``map_index`` the map tensors are ``[K, C]`` and row ``b`` of the batch uses map
 ``map_index[b]`` (or the one 0-d index), as in :mod:`.transport`.
 
 Registered as ``torch.ops.act_fast.rms_norm_transport`` and ``torch.ops.act_fast.
-layer_norm_transport`` with fake (meta) kernels and autograd formulas: gradients for ``x``, the
-norm's weight and bias, the map's weight and bias and a strength tensor. The support mask is
-not differentiated; outside it ``y = h``.
+layer_norm_transport`` with fake (meta) kernels and autograd formulas (:mod:`.backward`):
+gradients for ``x``, the norm's weight and bias, the map's weight and bias and a strength tensor.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 from act_fast.ops import checks
-from act_fast.ops.backend import HAS_TRITON, use_triton
-from act_fast.ops.reference import (
-    Strength,
-    compute_dtype,
-    layer_norm_transport_ref,
-    rms_norm_transport_ref,
+from act_fast.ops.backend import HAS_TRITON, implementation
+from act_fast.ops.backward import norm_transport_backward
+from act_fast.ops.reference import Strength, layer_norm_transport_ref, rms_norm_transport_ref
+from act_fast.ops.triton_helpers import (
+    map_kernel_args,
+    output_like,
+    rows_per_batch,
+    strength_kernel_args,
+    support_kernel_args,
 )
-from act_fast.ops.transport import map_grad, map_kernel_args, strength_kernel_args, transport_backward
 
 # Rows with next_power_of_2(C) up to this are normed from registers (one read of x).
 MAX_SINGLE_TILE_C = 16384
@@ -49,66 +53,48 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from act_fast.ops.transport import compute_rsqrt, load_strength, map_row_offset, map_tile_offsets
-
-    @triton.jit
-    def chan_merge_chunk(mean, m2, x, ok, start, n, BLOCK: tl.constexpr):
-        """Merges the chunk of ``n`` values per row that starts at ``start`` (``x: [ROWS, BLOCK]``,
-        0 where not ``ok``) into per-row ``(mean, M2)`` (``[ROWS]``): Chan's merge of the chunk's
-        mean and centred sum of squares, never ``Σx² − n·mean²``. Every earlier chunk is full."""
-        n_before = tl.zeros_like(mean) + start
-        n_chunk = tl.minimum(n - n_before, BLOCK)
-        chunk_mean = tl.sum(x, axis=1) / n_chunk
-        d = tl.where(ok, x - chunk_mean[:, None], 0.0)
-        delta = chunk_mean - mean
-        frac = n_chunk / (n_before + n_chunk)
-        return mean + delta * frac, m2 + tl.sum(d * d, axis=1) + delta * delta * n_before * frac
-
-    @triton.jit
-    def _load_row_tile(ptrs, ok, IS_F64: tl.constexpr):
-        """Loads ``x`` (0 where masked) in the compute dtype."""
-        x = tl.load(ptrs, mask=ok, other=0.0)
-        if IS_F64:
-            x = x.to(tl.float64)
-        else:
-            x = x.to(tl.float32)
-        return x
+    from act_fast.ops.triton_helpers import (
+        STRENGTH_PER_ROW,
+        cast_out,
+        chan_merge_chunk,
+        compute_rsqrt,
+        load_strength,
+        map_row_offset,
+        map_tile_offsets,
+        round_to,
+        to_compute,
+        transport_tile,
+    )
 
     @triton.jit
     def _norm_map(
         x, mean, rstd, cols, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr, weight_offset,
         RMS: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr, HAS_SUPPORT: tl.constexpr,
-        MAP_MODE: tl.constexpr,
+        MAP_MODE: tl.constexpr, CAST_BEFORE_SCALE: tl.constexpr, IS_F64: tl.constexpr, OUT_DTYPE: tl.constexpr,
     ):
-        """Normed value ``h`` of a ``[BLOCK_R, BLOCK_C]`` tile and its transport; ``mean`` unused for
-        RMS; ``map_off`` the map row offset(s) (:func:`map_row_offset`)."""
+        """The module's output ``h`` of a ``[BLOCK_R, BLOCK_C]`` tile (rounded to ``OUT_DTYPE``) and
+        its transport; ``mean`` unused for RMS; ``map_off`` the map row offset(s)."""
         if RMS:
             h = x * rstd[:, None]
         else:
             h = (x - mean[:, None]) * rstd[:, None]
         if HAS_NW:
-            nw = tl.load(nw_ptr + cols, mask=col_ok, other=0.0).to(x.dtype)
+            if CAST_BEFORE_SCALE:
+                h = round_to(h, OUT_DTYPE, IS_F64)
+            nw = to_compute(tl.load(nw_ptr + cols, mask=col_ok, other=0.0), IS_F64)
             h = h * (nw + weight_offset)[None, :]
         if HAS_NB:
-            h = h + tl.load(nb_ptr + cols, mask=col_ok, other=0.0).to(x.dtype)[None, :]
-        map_offs = map_tile_offsets(map_off, cols, MAP_MODE)
-        map_ok = col_ok[None, :]
-        w = tl.load(w_ptr + map_offs, mask=map_ok, other=1.0).to(x.dtype)
-        b = tl.load(b_ptr + map_offs, mask=map_ok, other=0.0).to(x.dtype)
-        y = h + lam * ((w * h + b) - h)
-        if HAS_SUPPORT:
-            lo = tl.load(lo_ptr + map_offs, mask=map_ok, other=0.0).to(x.dtype)
-            hi = tl.load(hi_ptr + map_offs, mask=map_ok, other=0.0).to(x.dtype)
-            y = tl.where((h > lo) & (h < hi), y, h)
-        return y
+            h = h + to_compute(tl.load(nb_ptr + cols, mask=col_ok, other=0.0), IS_F64)[None, :]
+        h = round_to(h, OUT_DTYPE, IS_F64)
+        return transport_tile(h, lam, w_ptr, b_ptr, lo_ptr, hi_ptr, map_tile_offsets(map_off, cols, MAP_MODE), col_ok[None, :], HAS_SUPPORT)
 
     @triton.jit
     def _norm_transport_kernel(
-        x_ptr, y_ptr, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr, s_ptr, s_scalar, idx_ptr, p_ptr,
+        x_ptr, nw_ptr, nb_ptr, w_ptr, b_ptr, s_ptr, s_scalar, lo_ptr, hi_ptr, idx_ptr, y_ptr, p_ptr,
         R, C, stride_xr, stride_xc, rows_per_batch, eps, weight_offset,
         RMS: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr, HAS_SUPPORT: tl.constexpr,
-        STRENGTH_MODE: tl.constexpr, MAP_MODE: tl.constexpr, IS_F64: tl.constexpr, SINGLE_TILE: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        STRENGTH_MODE: tl.constexpr, MAP_MODE: tl.constexpr, IS_F64: tl.constexpr, CAST_BEFORE_SCALE: tl.constexpr,
+        SINGLE_TILE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         row_ok = rows < R
@@ -120,7 +106,7 @@ if HAS_TRITON:
         batch = tl.minimum(rows, R - 1) // rows_per_batch
         lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)
         map_off = map_row_offset(idx_ptr, batch, C, MAP_MODE)
-        if STRENGTH_MODE == 2:
+        if STRENGTH_MODE == STRENGTH_PER_ROW:
             lam = lam[:, None]
         if IS_F64:  # Triton passes Python floats as float32; the launcher sends them as float64 here
             eps = tl.load(p_ptr)
@@ -128,7 +114,7 @@ if HAS_TRITON:
         if SINGLE_TILE:
             col_ok = offs < C
             ok = row_ok[:, None] & col_ok[None, :]
-            x = _load_row_tile(x_rows + offs[None, :] * stride_xc, ok, IS_F64)
+            x = to_compute(tl.load(x_rows + offs[None, :] * stride_xc, mask=ok, other=0.0), IS_F64)
             if RMS:
                 rstd = compute_rsqrt(tl.sum(x * x, axis=1) / C + eps, IS_F64)
                 mean = rstd  # unused by RMS
@@ -137,15 +123,16 @@ if HAS_TRITON:
                 xc = tl.where(ok, x - mean[:, None], 0.0)
                 rstd = compute_rsqrt(tl.sum(xc * xc, axis=1) / C + eps, IS_F64)
             y = _norm_map(x, mean, rstd, offs, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
-                          weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE)
-            tl.store(y_rows + offs[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
+                          weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE, CAST_BEFORE_SCALE, IS_F64,
+                          y_ptr.dtype.element_ty)
+            tl.store(y_rows + offs[None, :], cast_out(y, y_ptr.dtype.element_ty), mask=ok)
         else:
             if RMS:
                 acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float64 if IS_F64 else tl.float32)
                 for start in range(0, C, BLOCK_C):
                     cols = start + offs
                     ok = row_ok[:, None] & (cols < C)[None, :]
-                    x = _load_row_tile(x_rows + cols[None, :] * stride_xc, ok, IS_F64)
+                    x = to_compute(tl.load(x_rows + cols[None, :] * stride_xc, mask=ok, other=0.0), IS_F64)
                     acc += x * x
                 rstd = compute_rsqrt(tl.sum(acc, axis=1) / C + eps, IS_F64)
                 mean = rstd  # unused by RMS
@@ -155,17 +142,18 @@ if HAS_TRITON:
                 for start in range(0, C, BLOCK_C):
                     cols = start + offs
                     ok = row_ok[:, None] & (cols < C)[None, :]
-                    x = _load_row_tile(x_rows + cols[None, :] * stride_xc, ok, IS_F64)
+                    x = to_compute(tl.load(x_rows + cols[None, :] * stride_xc, mask=ok, other=0.0), IS_F64)
                     mean, m2 = chan_merge_chunk(mean, m2, x, ok, start, C, BLOCK_C)
                 rstd = compute_rsqrt(m2 / C + eps, IS_F64)
             for start in range(0, C, BLOCK_C):
                 cols = start + offs
                 col_ok = cols < C
                 ok = row_ok[:, None] & col_ok[None, :]
-                x = _load_row_tile(x_rows + cols[None, :] * stride_xc, ok, IS_F64)
+                x = to_compute(tl.load(x_rows + cols[None, :] * stride_xc, mask=ok, other=0.0), IS_F64)
                 y = _norm_map(x, mean, rstd, cols, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
-                              weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE)
-                tl.store(y_rows + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
+                              weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE, CAST_BEFORE_SCALE, IS_F64,
+                              y_ptr.dtype.element_ty)
+                tl.store(y_rows + cols[None, :], cast_out(y, y_ptr.dtype.element_ty), mask=ok)
 
 
 def norm_config(num_rows: int, num_channels: int, max_single_tile_c: int = MAX_SINGLE_TILE_C) -> tuple[int, int, bool, int]:
@@ -196,54 +184,51 @@ def norm_transport_triton(
     scalar_strength: float,
     lo: Tensor | None,
     hi: Tensor | None,
+    map_index: Tensor | None,
     *,
     rms: bool,
     eps: float,
     weight_offset: float = 0.0,
+    cast_before_scale: bool = False,
     out: Tensor | None = None,
     max_single_tile_c: int = MAX_SINGLE_TILE_C,
-    map_index: Tensor | None = None,
 ) -> Tensor:
     """Launches the fused kernel; arguments already validated.
 
     Args:
         x: ``[..., C]``, normalised over the last dim (any strides).
         norm_weight, norm_bias: ``[C]`` or None (``norm_bias`` must be None when ``rms``).
-        weight, bias, lo, hi: ``[C]`` map and support (``lo``/``hi`` both or neither); ``[K, C]``
-            with ``map_index`` (0-d or ``[B]``, see :func:`rms_norm_transport`).
-        strength: None (use ``scalar_strength``), 0-d, or ``[B]`` with ``B = x.shape[0]``.
+        weight, bias, strength, scalar_strength, lo, hi, map_index: the transport, as in
+            :func:`act_fast.ops.transport.affine_transport_triton`.
         rms: RMSNorm (``weight_offset`` added to ``norm_weight``) if True, else LayerNorm.
+        cast_before_scale: RMSNorm rounds the normalised value to ``x``'s dtype before scaling.
         out: contiguous tensor shaped and typed like ``x`` to write into (a fresh one if None).
         max_single_tile_c: widest row normed from registers; wider rows take the chunked path.
 
     Returns:
         ``out`` (contiguous, ``x``'s shape and dtype).
     """
-    if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {list(x.shape)}, got {out.dtype} {list(out.shape)}")
+    out = output_like(x, out)
     if x.numel() == 0:
         return out
     C = x.shape[-1]
     x2 = x.reshape(-1, C)  # a view whenever the leading dims collapse; non-unit strides kept
     R = x2.shape[0]
-    rows_per_batch = max(1, R // x.shape[0]) if x.ndim >= 2 else 1
-    has_support = lo is not None
     is_f64 = x.dtype == torch.float64
     params = weight
     if is_f64:
         params = torch.tensor([eps, weight_offset], dtype=torch.float64, device=x.device)
     s_arg, s_scalar, s_mode = strength_kernel_args(strength, scalar_strength, weight, is_f64)
+    lo_arg, hi_arg, has_support = support_kernel_args(lo, hi, weight)
     idx_arg, map_mode = map_kernel_args(map_index, weight)
     block_r, block_c, single, warps = norm_config(R, C, max_single_tile_c)
     _norm_transport_kernel[(triton.cdiv(R, block_r),)](
-        x2, out, weight if norm_weight is None else norm_weight, weight if norm_bias is None else norm_bias,
-        weight, bias, lo if has_support else weight, hi if has_support else weight, s_arg, s_scalar, idx_arg, params,
-        R, C, x2.stride(0), x2.stride(1), rows_per_batch, float(eps), float(weight_offset),
+        x2, weight if norm_weight is None else norm_weight, weight if norm_bias is None else norm_bias,
+        weight, bias, s_arg, s_scalar, lo_arg, hi_arg, idx_arg, out, params,
+        R, C, x2.stride(0), x2.stride(1), rows_per_batch(x, R), float(eps), float(weight_offset),
         RMS=rms, HAS_NW=norm_weight is not None, HAS_NB=norm_bias is not None, HAS_SUPPORT=has_support,
-        STRENGTH_MODE=s_mode, MAP_MODE=map_mode, IS_F64=is_f64, SINGLE_TILE=single,
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+        STRENGTH_MODE=s_mode, MAP_MODE=map_mode, IS_F64=is_f64, CAST_BEFORE_SCALE=cast_before_scale,
+        SINGLE_TILE=single, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
     return out
 
@@ -258,18 +243,20 @@ def _rms_norm_transport_op(
     scalar_strength: float,
     lo: Tensor | None,
     hi: Tensor | None,
+    map_index: Tensor | None,
     eps: float,
     weight_offset: float,
-    map_index: Tensor | None,
+    cast_before_scale: bool,
 ) -> Tensor:
-    if use_triton(x):
+    if implementation(x) == "triton":
         return norm_transport_triton(
-            x, norm_weight, None, weight, bias, strength, scalar_strength, lo, hi,
-            rms=True, eps=eps, weight_offset=weight_offset, map_index=map_index,
+            x, norm_weight, None, weight, bias, strength, scalar_strength, lo, hi, map_index,
+            rms=True, eps=eps, weight_offset=weight_offset, cast_before_scale=cast_before_scale,
         )
     s: Strength = scalar_strength if strength is None else strength
     return rms_norm_transport_ref(
-        x, norm_weight, weight, bias, s, lo, hi, eps=eps, weight_offset=weight_offset, map_index=map_index
+        x, norm_weight, weight, bias, s, lo, hi, eps=eps, weight_offset=weight_offset,
+        cast_before_scale=cast_before_scale, map_index=map_index,
     ).contiguous()
 
 
@@ -284,149 +271,61 @@ def _layer_norm_transport_op(
     scalar_strength: float,
     lo: Tensor | None,
     hi: Tensor | None,
-    eps: float,
     map_index: Tensor | None,
+    eps: float,
 ) -> Tensor:
-    if use_triton(x):
+    if implementation(x) == "triton":
         return norm_transport_triton(
-            x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, rms=False, eps=eps,
-            map_index=map_index,
+            x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, rms=False, eps=eps
         )
     s: Strength = scalar_strength if strength is None else strength
     return layer_norm_transport_ref(x, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps, map_index=map_index).contiguous()
 
 
 @_rms_norm_transport_op.register_fake
-def _(x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, eps, weight_offset, map_index):
+def _(x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, weight_offset, cast_before_scale):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @_layer_norm_transport_op.register_fake
-def _(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps, map_index):
+def _(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def _norm_transport_backward(
-    grad: Tensor,
-    x: Tensor,
-    norm_weight: Tensor | None,
-    norm_bias: Tensor | None,
-    weight: Tensor,
-    bias: Tensor,
-    strength: Tensor | None,
-    scalar_strength: float,
-    lo: Tensor | None,
-    hi: Tensor | None,
-    eps: float,
-    weight_offset: float,
-    rms: bool,
-    map_index: Tensor | None,
-    needs: tuple[bool, bool, bool, bool, bool, bool],
-) -> tuple[Tensor | None, ...]:
-    """Gradients ``(x, norm_weight, norm_bias, weight, bias, strength)``; None where not needed.
-
-    With ``x̂`` the unit-normed row (``rstd`` its scale) and ``h = x̂ ⊙ s + nb``
-    (``s = nw + offset``), the transport of ``h`` gives the gradients of the map, the strength
-    and ``h`` (:func:`transport_backward`); then RMS ``∂x = rstd (g − x̂ mean(g x̂))``, LayerNorm
-    ``∂x = rstd (g − mean(g) − x̂ mean(g x̂))`` with ``g`` the gradient w.r.t. ``x̂``.
-    """
-    need_x, need_nw, need_nb, need_w, need_b, need_s = needs
-    cdt = compute_dtype(x.dtype)
-    xf = x.to(cdt)
-    if rms:
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        xhat = xf * rstd
-    else:
-        xc = xf - xf.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
-        xhat = xc * rstd
-    scale = None if norm_weight is None else norm_weight.to(cdt) + weight_offset
-    h = xhat if scale is None else xhat * scale
-    if norm_bias is not None:
-        h = h + norm_bias.to(cdt)
-    gh, gw, gb, gs = transport_backward(
-        grad.to(cdt), h, weight, bias, strength, scalar_strength, lo, hi, h.ndim - 1, False, map_index
-    )
-    gx = gnw = gnb = None
-    if need_nw and norm_weight is not None:
-        gnw = map_grad(gh * xhat, norm_weight, None, -1)
-    if need_nb and norm_bias is not None:
-        gnb = map_grad(gh, norm_bias, None, -1)
-    if need_x:
-        gxhat = gh if scale is None else gh * scale
-        proj = xhat * (gxhat * xhat).mean(-1, keepdim=True)
-        if rms:
-            gx = rstd * (gxhat - proj)
-        else:
-            gx = rstd * (gxhat - gxhat.mean(-1, keepdim=True) - proj)
-        gx = gx.to(x.dtype)
-    return gx, gnw, gnb, gw if need_w else None, gb if need_b else None, gs if need_s else None
-
-
 def _rms_setup_context(ctx, inputs, output):
-    x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, eps, weight_offset, map_index = inputs
+    x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, weight_offset, _ = inputs
     ctx.save_for_backward(x, norm_weight, weight, bias, strength, lo, hi, map_index)
-    ctx.scalar_strength = scalar_strength
-    ctx.eps = eps
-    ctx.weight_offset = weight_offset
+    ctx.scalar_strength, ctx.eps, ctx.weight_offset = scalar_strength, eps, weight_offset
 
 
 def _rms_backward(ctx, grad: Tensor):
     x, norm_weight, weight, bias, strength, lo, hi, map_index = ctx.saved_tensors
     n = ctx.needs_input_grad
-    gx, gnw, _, gw, gb, gs = _norm_transport_backward(
-        grad, x, norm_weight, None, weight, bias, strength, ctx.scalar_strength, lo, hi, ctx.eps,
-        ctx.weight_offset, True, map_index, (n[0], n[1], False, n[2], n[3], n[4]),
+    gx, gnw, _, gw, gb, gs = norm_transport_backward(
+        grad, x, "rms", 1, norm_weight, None, weight, bias, strength, ctx.scalar_strength, lo, hi, map_index,
+        ctx.eps, ctx.weight_offset, False, (n[0], n[1], False, n[2], n[3], n[4]),
     )
-    return gx, gnw, gw, gb, gs, None, None, None, None, None, None
+    return gx, gnw, gw, gb, gs, None, None, None, None, None, None, None
 
 
 def _layer_setup_context(ctx, inputs, output):
-    x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, eps, map_index = inputs
+    x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps = inputs
     ctx.save_for_backward(x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
-    ctx.scalar_strength = scalar_strength
-    ctx.eps = eps
+    ctx.scalar_strength, ctx.eps = scalar_strength, eps
 
 
 def _layer_backward(ctx, grad: Tensor):
     x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index = ctx.saved_tensors
     n = ctx.needs_input_grad
-    gx, gnw, gnb, gw, gb, gs = _norm_transport_backward(
-        grad, x, norm_weight, norm_bias, weight, bias, strength, ctx.scalar_strength, lo, hi, ctx.eps,
-        0.0, False, map_index, (n[0], n[1], n[2], n[3], n[4], n[5]),
+    grads = norm_transport_backward(
+        grad, x, "layer", 1, norm_weight, norm_bias, weight, bias, strength, ctx.scalar_strength, lo, hi, map_index,
+        ctx.eps, 0.0, False, (n[0], n[1], n[2], n[3], n[4], n[5]),
     )
-    return gx, gnw, gnb, gw, gb, gs, None, None, None, None, None
+    return (*grads, None, None, None, None, None)
 
 
 _rms_norm_transport_op.register_autograd(_rms_backward, setup_context=_rms_setup_context)
 _layer_norm_transport_op.register_autograd(_layer_backward, setup_context=_layer_setup_context)
-
-
-def check_number(value: object, name: str, *, non_negative: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or (non_negative and v < 0):
-        raise ValueError(f"{name} must be a finite{' non-negative' if non_negative else ''} float, got {value!r}")
-    return v
-
-
-def check_norm_common(
-    x: Tensor, norm_weight: Tensor | None, norm_bias: Tensor | None, weight: Tensor, bias: Tensor,
-    strength: Strength, lo: Tensor | None, hi: Tensor | None, map_index: Tensor | None, channel_dim: int = -1,
-) -> tuple[Tensor | None, float]:
-    """Validates a fused norm + transport call (``x`` already checked to have ``channel_dim``);
-    returns the strength as ``(tensor, scalar)``."""
-    checks.check_input(x)
-    C = x.shape[channel_dim]
-    if norm_weight is not None:
-        checks.check_channel_vector(norm_weight, "norm_weight", C, x)
-    if norm_bias is not None:
-        checks.check_channel_vector(norm_bias, "norm_bias", C, x)
-    checks.check_maps(weight, bias, lo, hi, map_index, C, x)
-    s_tensor, s_scalar = checks.normalize_strength(strength, x)
-    checks.check_finite(norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias, lo=lo, hi=hi)
-    return s_tensor, s_scalar
 
 
 def rms_norm_transport(
@@ -440,11 +339,12 @@ def rms_norm_transport(
     *,
     eps: float = 1e-6,
     weight_offset: float = 0.0,
+    cast_before_scale: bool = False,
     map_index: Tensor | None = None,
 ) -> Tensor:
     """RMSNorm over the last dim, then the affine transport of its output, in one pass.
 
-    ``h = x · rsqrt(mean(x²) + eps) ⊙ (norm_weight + weight_offset)`` and
+    ``h = x · rsqrt(mean(x²) + eps) ⊙ (norm_weight + weight_offset)``, rounded to ``x``'s dtype, and
     ``y = h + λ (weight ⊙ h + bias − h)`` where ``lo < h < hi`` (strict), else ``y = h``.
 
     Args:
@@ -452,12 +352,15 @@ def rms_norm_transport(
             (computed in float32) or float64 (computed in float64).
         norm_weight: ``[C]`` RMSNorm weight, or None (no weight).
         weight, bias: ``[C]`` map applied to the normed value; ``[K, C]`` with ``map_index``.
-        strength: λ as a Python float, a 0-d tensor, or ``[B]`` with one value per batch row
+        strength: λ as a finite number, a 0-d tensor, or ``[B]`` with one value per batch row
             (``B = x.shape[0]``). A tensor λ can be changed in place without recompiling.
         lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds on the normed value, both
             or neither.
         eps: added to ``mean(x²)`` (non-negative).
         weight_offset: added to ``norm_weight``; 1.0 is Gemma's ``(1 + weight)`` RMSNorm.
+        cast_before_scale: round the normalised value to ``x``'s dtype before multiplying by the
+            weight, as Llama, Mistral, Qwen and Phi-3 do (``weight * x̂.to(input_dtype)``); False
+            (Gemma, ``torch.nn.RMSNorm``): scale in float32, round once.
         map_index: None, or an int32/int64 index into the K maps on ``x``'s device: 0-d (one map
             for every row) or ``[B]`` (map ``map_index[b]`` for ``x[b]``). Values must lie in
             ``[0, K)`` and are not checked (see :func:`act_fast.ops.affine_transport`).
@@ -469,13 +372,15 @@ def rms_norm_transport(
         TypeError: non-float ``x``/weights/strength, non-integer ``map_index``, non-number
             ``eps``/``weight_offset``.
         ValueError: channel-count, strength-rows, map_index-rows, map-count, support-shape or
-            device mismatch; NaN/Inf in ``norm_weight``, ``weight``, ``bias``, ``lo`` or ``hi``;
-            negative ``eps``.
+            device mismatch; NaN/Inf in ``norm_weight``, ``weight``, ``bias``, ``lo``, ``hi`` or a
+            strength; ``lo > hi``; negative ``eps``.
     """
-    s_tensor, s_scalar = check_norm_common(x, norm_weight, None, weight, bias, strength, lo, hi, map_index)
-    eps = check_number(eps, "eps", non_negative=True)
-    weight_offset = check_number(weight_offset, "weight_offset", non_negative=False)
-    return _rms_norm_transport_op(x, norm_weight, weight, bias, s_tensor, s_scalar, lo, hi, eps, weight_offset, map_index)
+    s_tensor, s_scalar = checks.check_norm_inputs(x, -1, norm_weight, None, weight, bias, strength, lo, hi, map_index)
+    eps = checks.check_number(eps, "eps", non_negative=True)
+    weight_offset = checks.check_number(weight_offset, "weight_offset")
+    return _rms_norm_transport_op(
+        x, norm_weight, weight, bias, s_tensor, s_scalar, lo, hi, map_index, eps, weight_offset, bool(cast_before_scale)
+    )
 
 
 def layer_norm_transport(
@@ -493,15 +398,16 @@ def layer_norm_transport(
 ) -> Tensor:
     """LayerNorm over the last dim, then the affine transport of its output, in one pass.
 
-    ``h = (x − mean) · rsqrt(var + eps) ⊙ norm_weight + norm_bias`` (biased variance) and
-    ``y = h + λ (weight ⊙ h + bias − h)`` where ``lo < h < hi`` (strict), else ``y = h``.
+    ``h = (x − mean) · rsqrt(var + eps) ⊙ norm_weight + norm_bias`` (biased variance), rounded to
+    ``x``'s dtype, and ``y = h + λ (weight ⊙ h + bias − h)`` where ``lo < h < hi`` (strict), else
+    ``y = h``.
 
     Args:
         x: ``[..., C]`` channels last, any leading dims and strides. float32 / bfloat16 / float16
             (computed in float32) or float64 (computed in float64).
         norm_weight, norm_bias: ``[C]`` LayerNorm affine, each or both None.
         weight, bias: ``[C]`` map applied to the normed value; ``[K, C]`` with ``map_index``.
-        strength: λ as a Python float, a 0-d tensor, or ``[B]`` (``B = x.shape[0]``).
+        strength: λ as a finite number, a 0-d tensor, or ``[B]`` (``B = x.shape[0]``).
         lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds on the normed value, both
             or neither.
         eps: added to the variance (non-negative).
@@ -514,8 +420,9 @@ def layer_norm_transport(
     Raises:
         TypeError: non-float ``x``/weights/strength, non-integer ``map_index``, non-number ``eps``.
         ValueError: channel-count, strength-rows, map_index-rows, map-count, support-shape or
-            device mismatch; NaN/Inf in the norm's or the map's tensors; negative ``eps``.
+            device mismatch; NaN/Inf in the norm's or the map's tensors or a strength; ``lo > hi``;
+            negative ``eps``.
     """
-    s_tensor, s_scalar = check_norm_common(x, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
-    eps = check_number(eps, "eps", non_negative=True)
-    return _layer_norm_transport_op(x, norm_weight, norm_bias, weight, bias, s_tensor, s_scalar, lo, hi, eps, map_index)
+    s_tensor, s_scalar = checks.check_norm_inputs(x, -1, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
+    eps = checks.check_number(eps, "eps", non_negative=True)
+    return _layer_norm_transport_op(x, norm_weight, norm_bias, weight, bias, s_tensor, s_scalar, lo, hi, map_index, eps)

@@ -1,8 +1,8 @@
 """Pure-torch ground truth for every kernel in :mod:`act_fast.ops`.
 
-These functions define the math (DESIGN.md §1). They are the CPU path of the custom ops and
-the reference the Triton kernels are tested against. They do no input validation: the public
-wrappers validate once, before dispatch.
+These functions define the math (docs/design.md §1). They are the CPU fallback of the custom ops
+and the reference the Triton and C++ kernels are tested against. They do no input validation: the
+public wrappers validate once, before dispatch.
 
 Map with strength λ on one channel::
 
@@ -14,11 +14,19 @@ With ``map_index`` the map tensors are ``[K, C]`` (K maps) and batch row ``b`` u
 
 Arithmetic runs in float32 for float32/bfloat16/float16 input and in float64 for float64 input;
 the result is written in the input dtype.
+
+**Fused norm + transport** is, by definition, the norm module's own output (in the input dtype,
+rounded exactly as the module rounds it) followed by the transport of that output. So a fused site
+at λ = 0 returns the module's output bit for bit, and at any λ the same as the norm followed by
+:func:`affine_transport_ref`. The norms (:func:`rms_norm_ref`, :func:`layer_norm_ref`,
+:func:`group_norm_ref`) use the same torch operations in the same order as the modules they stand
+for (Hugging Face RMSNorms, ``torch.nn.LayerNorm`` / ``GroupNorm`` / ``RMSNorm``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Strength = float | Tensor
@@ -149,47 +157,81 @@ def affine_transport_ref(
     return (y if inside is None else torch.where(inside, y, xf)).to(x.dtype)
 
 
-def rms_norm_ref(x: Tensor, norm_weight: Tensor | None, eps: float, weight_offset: float = 0.0) -> Tensor:
-    """RMSNorm over the last dim, in the compute dtype (not cast back).
+# -- norms: the modules' own formulas --------------------------------------------------------------
 
-    ``x * rsqrt(mean(x²) + eps) * (norm_weight + weight_offset)``; ``weight_offset=1`` is the
-    Gemma variant. ``x: [..., C]``, ``norm_weight: [C]`` or None.
+
+def rms_normalize(xf: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x̂, rstd)`` of ``xf: [..., C]`` in its dtype: ``rstd = rsqrt(mean(x², -1) + eps)``
+    (``[..., 1]``) and ``x̂ = x · rstd``, in the Hugging Face modules' operation order."""
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf * rstd, rstd
+
+
+def rms_norm_ref(
+    x: Tensor,
+    norm_weight: Tensor | None,
+    eps: float,
+    weight_offset: float = 0.0,
+    cast_before_scale: bool = False,
+) -> Tensor:
+    """RMSNorm over the last dim as the modules compute it, returned in ``x``'s dtype.
+
+    ``x̂ = x · rsqrt(mean(x²) + eps)`` in the compute dtype; then with ``cast_before_scale``
+    (Llama, Mistral, Qwen, Phi-3: ``weight * x̂.to(input_dtype)``) ``x̂`` is rounded to ``x``'s
+    dtype before it is multiplied by ``norm_weight + weight_offset``; without it (Gemma's
+    ``x̂ * (1 + w.float())``, ``torch.nn.RMSNorm``) the product is taken in the compute dtype. One
+    final rounding to ``x``'s dtype. ``x: [..., C]``, ``norm_weight: [C]`` or None.
     """
     cdt = compute_dtype(x.dtype)
-    xf = x.to(cdt)
-    n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    if norm_weight is not None:
-        n = n * (norm_weight.to(cdt) + weight_offset)
-    return n
+    n, _ = rms_normalize(x.to(cdt), eps)
+    if norm_weight is None:
+        return n.to(x.dtype)
+    if cast_before_scale:
+        n = n.to(x.dtype).to(cdt)
+    return (n * (norm_weight.to(cdt) + weight_offset)).to(x.dtype)
+
+
+def layer_normalize(xf: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x̂, rstd)`` of ``xf: [..., C]`` over the last dim (biased variance), in its dtype."""
+    xc = xf - xf.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+    return xc * rstd, rstd
+
+
+def _affine_params(x: Tensor, *params: Tensor | None) -> tuple[Tensor, list[Tensor | None]]:
+    """``x`` and a norm's affine parameters as the module sees them when their dtypes agree (the
+    module's own computation); otherwise all in the compute dtype (one rounding at the end)."""
+    if all(p is None or p.dtype == x.dtype for p in params):
+        return x, list(params)
+    cdt = compute_dtype(x.dtype)
+    return x.to(cdt), [None if p is None else p.to(cdt) for p in params]
 
 
 def layer_norm_ref(x: Tensor, norm_weight: Tensor | None, norm_bias: Tensor | None, eps: float) -> Tensor:
-    """LayerNorm over the last dim (biased variance), in the compute dtype (not cast back)."""
-    cdt = compute_dtype(x.dtype)
-    xf = x.to(cdt)
-    mu = xf.mean(-1, keepdim=True)
-    xc = xf - mu
-    n = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
-    if norm_weight is not None:
-        n = n * norm_weight.to(cdt)
-    if norm_bias is not None:
-        n = n + norm_bias.to(cdt)
-    return n
+    """LayerNorm over the last dim, as ``torch.nn.LayerNorm`` computes it, in ``x``'s dtype."""
+    xs, (nw, nb) = _affine_params(x, norm_weight, norm_bias)
+    return F.layer_norm(xs, (x.shape[-1],), nw, nb, eps).to(x.dtype)
 
 
-def _transport_normed(
-    h: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    strength: Strength,
-    lo: Tensor | None,
-    hi: Tensor | None,
-    map_index: Tensor | None,
+def group_normalize(xf: Tensor, num_groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x̂, rstd)`` of conv features ``xf: [B, C, *spatial]`` over each group of channels and all
+    positions (biased variance); ``x̂`` shaped like ``xf``, ``rstd`` ``[B, G, 1]``."""
+    xg = xf.reshape(xf.shape[0], num_groups, -1)
+    xc = xg - xg.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+    return (xc * rstd).reshape(xf.shape), rstd
+
+
+def group_norm_ref(
+    x: Tensor, num_groups: int, norm_weight: Tensor | None, norm_bias: Tensor | None, eps: float
 ) -> Tensor:
-    lam = strength_tensor(strength, x, h.dtype)
-    w, b, lo_v, hi_v = map_views(weight, bias, lo, hi, map_index, h.ndim, h.ndim - 1, h.dtype)
-    return transport_compute(h, w, b, lam, lo_v, hi_v).to(x.dtype)
+    """GroupNorm of ``x: [B, C, *spatial]`` as ``torch.nn.GroupNorm`` computes it, in ``x``'s dtype
+    (the ATen op itself: ``F.group_norm`` also refuses groups of one value, a training-time check)."""
+    xs, (nw, nb) = _affine_params(x, norm_weight, norm_bias)
+    return torch.group_norm(xs, num_groups, nw, nb, eps, torch.backends.cudnn.enabled).to(x.dtype)
+
+
+# -- fused norm + transport -------------------------------------------------------------------------
 
 
 def rms_norm_transport_ref(
@@ -203,15 +245,16 @@ def rms_norm_transport_ref(
     *,
     eps: float = 1e-6,
     weight_offset: float = 0.0,
+    cast_before_scale: bool = False,
     map_index: Tensor | None = None,
 ) -> Tensor:
-    """RMSNorm then affine transport of its output, with no rounding in between.
+    """:func:`rms_norm_ref`, then :func:`affine_transport_ref` of its output (channels last).
 
     ``x: [..., C]``; ``norm_weight`` ``[C]``; the map tensors, strength and ``map_index`` as in
-    :func:`affine_transport_ref`.
+    :func:`affine_transport_ref`. Returns ``x``'s shape and dtype.
     """
-    h = rms_norm_ref(x, norm_weight, eps, weight_offset)
-    return _transport_normed(h, x, weight, bias, strength, lo, hi, map_index)
+    h = rms_norm_ref(x, norm_weight, eps, weight_offset, cast_before_scale)
+    return affine_transport_ref(h, weight, bias, strength, lo, hi, map_index=map_index)
 
 
 def layer_norm_transport_ref(
@@ -227,28 +270,9 @@ def layer_norm_transport_ref(
     eps: float = 1e-5,
     map_index: Tensor | None = None,
 ) -> Tensor:
-    """LayerNorm then affine transport of its output, with no rounding in between."""
+    """:func:`layer_norm_ref`, then :func:`affine_transport_ref` of its output (channels last)."""
     h = layer_norm_ref(x, norm_weight, norm_bias, eps)
-    return _transport_normed(h, x, weight, bias, strength, lo, hi, map_index)
-
-
-def group_norm_ref(
-    x: Tensor, num_groups: int, norm_weight: Tensor | None, norm_bias: Tensor | None, eps: float
-) -> Tensor:
-    """GroupNorm of ``x: [B, C, *spatial]`` (biased variance over each group of ``C / num_groups``
-    channels and all positions), in the compute dtype (not cast back); affine ``[C]`` or None."""
-    cdt = compute_dtype(x.dtype)
-    xf = x.to(cdt)
-    xg = xf.reshape(x.shape[0], num_groups, x.numel() // max(1, x.shape[0] * num_groups))
-    mu = xg.mean(-1, keepdim=True)
-    xc = xg - mu
-    n = (xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)).reshape(x.shape)
-    shape = channel_view_shape(x.ndim, 1, x.shape[1])
-    if norm_weight is not None:
-        n = n * norm_weight.to(cdt).reshape(shape)
-    if norm_bias is not None:
-        n = n + norm_bias.to(cdt).reshape(shape)
-    return n
+    return affine_transport_ref(h, weight, bias, strength, lo, hi, map_index=map_index)
 
 
 def group_norm_transport_ref(
@@ -266,9 +290,8 @@ def group_norm_transport_ref(
     pool_spatial: bool = True,
     map_index: Tensor | None = None,
 ) -> Tensor:
-    """GroupNorm of conv features ``x: [B, C, *spatial]``, then the affine transport of its output
-    with ``channel_dim=1`` (support tested on each plane's mean, see :func:`affine_transport_ref`),
-    with no rounding in between; the result has ``x``'s dtype."""
+    """:func:`group_norm_ref` of conv features ``x: [B, C, *spatial]``, then
+    :func:`affine_transport_ref` of its output with ``channel_dim=1`` (support tested on each
+    plane's mean); the result has ``x``'s dtype."""
     h = group_norm_ref(x, num_groups, norm_weight, norm_bias, eps)
-    y = affine_transport_ref(h, weight, bias, strength, lo, hi, channel_dim=1, pool_spatial=pool_spatial, map_index=map_index)
-    return y.to(x.dtype)
+    return affine_transport_ref(h, weight, bias, strength, lo, hi, channel_dim=1, pool_spatial=pool_spatial, map_index=map_index)

@@ -7,7 +7,9 @@ Two launches per update, no host synchronisation:
    it takes the tile mean, centres on it (a second centred sum corrects the rounding of that
    mean, so a ``1e4 + N(0, 1e-2)`` channel keeps its digits), and Chan-merges the tile's
    (count, mean, M2) into float64 running values. It tracks min / max and NaN / ±Inf counts
-   (int32) and adds every finite value to the int32 histogram with one atomic each. It writes
+   (int32) and adds every finite value to the int32 histogram with one atomic each, bucketing
+   ``float32(x) − c`` with the column's exponent offset ``k`` (layout: :mod:`.stats_reference`,
+   loaded once per program from the state's ``centre`` / ``exp_offset``). It writes
    one partial per channel: ``[P, C]`` buffers, every entry written.
 2. ``_stats_fold_kernel``, grid ``cdiv(C, BLOCK_C)``: Chan-merges the ``P`` partials and the
    master state in float64 and folds the int32 counters into the int64 master counters.
@@ -47,6 +49,8 @@ def _stats_partial_kernel(
     x_ptr,
     mask_ptr,
     hist_ptr,
+    centre_ptr,
+    exp_offset_ptr,
     p_count_ptr,
     p_mean_ptr,
     p_m2_ptr,
@@ -61,6 +65,7 @@ def _stats_partial_kernel(
     rows_per_program,
     HAS_MASK: tl.constexpr,
     SHIFT: tl.constexpr,
+    MANTISSA_BITS: tl.constexpr,
     KEY_BASE: tl.constexpr,
     K: tl.constexpr,
     ZERO: tl.constexpr,
@@ -74,6 +79,9 @@ def _stats_partial_kernel(
     cmask = cols < C
     row_start = pid_r * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, rows)
+    centre = tl.load(centre_ptr + cols, mask=cmask, other=0.0)
+    # Per-column key base (E_lo + k + 127) << m; KEY_BASE is its value at k = 0.
+    key_base = KEY_BASE + (tl.load(exp_offset_ptr + cols, mask=cmask, other=0) << MANTISSA_BITS)
 
     n = tl.zeros([BLOCK_C], dtype=tl.int32)
     mean = tl.zeros([BLOCK_C], dtype=tl.float64)
@@ -122,8 +130,8 @@ def _stats_partial_kernel(
         pinf += tl.sum((valid & is_pinf).to(tl.int32), axis=0)
         ninf += tl.sum((valid & is_ninf).to(tl.int32), axis=0)
 
-        bits = x.to(tl.int32, bitcast=True)
-        key = ((bits & 0x7FFFFFFF) >> SHIFT) - KEY_BASE
+        bits = (x - centre[None, :]).to(tl.int32, bitcast=True)
+        key = ((bits & 0x7FFFFFFF) >> SHIFT) - key_base[None, :]
         key = tl.minimum(tl.maximum(key, -1), K) + 1
         bucket = ZERO + tl.where(bits < 0, -key, key)
         hist_offs = cols[None, :].to(tl.int64) * NB + bucket
@@ -222,6 +230,8 @@ def allocate_partials(num_partials: int, num_channels: int, device: torch.device
 def stats_partials_triton(
     x: Tensor,
     hist: Tensor,
+    centre: Tensor,
+    exp_offset: Tensor,
     params: HistogramParams,
     row_mask: Tensor | None = None,
     *,
@@ -233,6 +243,7 @@ def stats_partials_triton(
     Args:
         x: ``[rows, C]`` float32 / bfloat16 / float16, last dim contiguous, ``rows ≥ 1``.
         hist: int32 ``[C, B]`` contiguous, ``B = params.num_buckets``; counts are added to it.
+        centre, exp_offset: the calibration, float32 / int32 ``[C]`` contiguous.
         row_mask: ``[rows]`` bool or None; masked-out rows are skipped entirely.
         rows_per_program: rows per program (the partial count is ``P = cdiv(rows, this)``).
         out: preallocated partial buffers (``[P, C]`` each, dtypes :data:`PARTIAL_DTYPES`).
@@ -253,6 +264,8 @@ def stats_partials_triton(
         x,
         mask,
         hist,
+        centre,
+        exp_offset,
         *(out[k] for k in PARTIAL_FIELDS),
         rows,
         num_channels,
@@ -260,6 +273,7 @@ def stats_partials_triton(
         rows_per_program,
         HAS_MASK=row_mask is not None,
         SHIFT=params.shift,
+        MANTISSA_BITS=params.mantissa_bits,
         KEY_BASE=params.key_base,
         K=params.buckets_per_sign,
         ZERO=params.zero_bucket,
@@ -295,11 +309,14 @@ def stats_update_triton(
     """Folds ``x [rows, C]`` into ``state`` in place: the Triton twin of ``stats_update_ref``.
 
     ``state``: ``count, nan, pos_inf, neg_inf`` int64 ``[C]``; ``mean, m2, vmin, vmax`` float64
-    ``[C]``; ``hist`` int32 ``[C, B]`` (pending counts). All contiguous on ``x``'s device.
+    ``[C]``; ``hist`` int32 ``[C, B]`` (pending counts); ``centre`` float32 and ``exp_offset``
+    int32 ``[C]`` (the calibration, read only). All contiguous on ``x``'s device.
     """
     if x.shape[0] == 0:
         return
     if x.stride(-1) != 1:
         x = x.contiguous()
-    partials = stats_partials_triton(x, state["hist"], params, row_mask, rows_per_program=rows_per_program)
+    partials = stats_partials_triton(
+        x, state["hist"], state["centre"], state["exp_offset"], params, row_mask, rows_per_program=rows_per_program
+    )
     stats_fold_triton(partials, state)

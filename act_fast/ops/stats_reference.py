@@ -1,4 +1,4 @@
-"""Pure-torch ground truth of the streaming statistics update (DESIGN.md §2).
+"""Pure-torch ground truth of the streaming statistics update (docs/design.md §2).
 
 One update folds a ``[rows, C]`` tile into per-channel master state:
 
@@ -7,21 +7,42 @@ One update folds a ``[rows, C]`` tile into per-channel master state:
 - ``mean``, ``m2`` (float64): Chan merge of the tile's mean and centred sum of squares
   (never ``Σx² − n·mean²``);
 - ``vmin``, ``vmax`` (float64): exact extremes of the finite values (+inf / -inf while empty);
-- ``hist`` (int32 pending counts, ``[C, B]``): the log-bucket histogram below.
+- ``hist`` (int32 pending counts, ``[C, B]``): the centred log-bucket histogram below;
+- ``centre`` (float32 ``[C]``) and ``exp_offset`` (int32 ``[C]``): the per-channel calibration
+  the histogram is bucketed with (read, never written, by an update).
 
-**Histogram.** A value is bucketed from its float32 bit pattern. With ``m`` mantissa bits and
-exponent window ``[E_lo, E_hi)``, the magnitude key is
-``k = (bits(|x|) >> (23 - m)) - ((E_lo + 127) << m)``: ``2^m`` buckets per binade, each
-``[a_k, a_{k+1})`` with ``a_{k+1} / a_k ≤ 1 + 2^-m``. Buckets in increasing value order::
+**Histogram.** Each channel has a calibration: a centre ``c`` (float32) and an exponent offset
+``k`` (int32), so the channel's scale is ``2^k``. A finite value ``x`` is bucketed from the float32
+bit pattern of its offset from the centre, ``d = float32(x) − c`` (one IEEE float32 subtraction,
+round to nearest even). With ``m`` mantissa bits and exponent window ``[E_lo, E_hi)``::
 
-    0            underflow   x ≤ -2^E_hi
-    1 .. K       negative    -a_{k+1} < x ≤ -a_k   (k = K-1 .. 0)
-    K + 1        zero        |x| < 2^E_lo          (±0, subnormals, tiny values)
-    K + 2 .. 2K+1 positive   a_k ≤ x < a_{k+1}     (k = 0 .. K-1)
-    2K + 2       overflow    x ≥ 2^E_hi
+    bits = bitcast_int32(d)
+    key  = ((bits & 0x7FFFFFFF) >> (23 − m)) − ((E_lo + k + 127) << m)
+    key  = clamp(key, −1, K) + 1
+    bucket = ZERO + (−key if bits < 0 else key)
 
-with ``K = (E_hi - E_lo) · 2^m`` magnitude buckets per sign, ``B = 2K + 3`` in all.
-Arithmetic is integer and the same in the kernel and here, so histograms agree bit for bit.
+with ``K = (E_hi − E_lo) · 2^m`` magnitude buckets per sign, ``ZERO = K + 1`` and ``B = 2K + 3``
+buckets in all. The magnitude edges are ``a_j = 2^(E_lo+k) · 2^(j >> m) · (1 + (j mod 2^m) / 2^m)``
+for ``j = 0 .. K``: ``2^m`` buckets per binade, each ``[a_j, a_{j+1})`` with
+``a_{j+1} − a_j ≤ 2^-m · a_j``. Buckets in increasing value order::
+
+    0             underflow   d ≤ −2^(E_hi+k)
+    1 .. K        negative    −a_{j+1} < d ≤ −a_j   (j = K−1 .. 0)
+    K + 1         zero        |d| < 2^(E_lo+k)     (x within 2^(E_lo+k) of c, ±0, subnormals)
+    K + 2 .. 2K+1 positive    a_j ≤ d < a_{j+1}     (j = 0 .. K−1)
+    2K + 2        overflow    d ≥ 2^(E_hi+k)
+
+So resolution is relative to ``|x − c|``, and ``2^k`` sets the window to the channel's spread:
+``k`` is clamped to ``[−126 − E_lo, 127 − E_hi]`` (:attr:`HistogramParams.exp_offset_range`), so
+the window stays in float32's normal exponent range (subnormal ``d`` always falls in the zero
+bucket, also on hardware that flushes them), and ``c`` is never subnormal (flushed to 0).
+``c = 0, k = 0`` is the uncentred layout of earlier versions. All arithmetic but the one float32
+subtraction is integer, the same in the kernel and here, so histograms agree bit for bit.
+
+**Calibration** (:func:`calibrate_ref`): ``c`` = the lower median of the channel's finite values
+(float32, a data value), ``k = floor(log2(s))`` with ``s`` the mean absolute deviation from ``c``;
+fallbacks: ``s = |c|`` when the values have no spread (one value, a constant channel), ``s = 1``
+when moreover ``c = 0``; ``c = 0, k = 0`` for a channel without any finite value.
 """
 
 from __future__ import annotations
@@ -37,14 +58,15 @@ FLOAT32_EXP_BIAS = 127
 
 
 class HistogramParams(NamedTuple):
-    """Resolution of the log-bucket histogram.
+    """Resolution of the centred log-bucket histogram (layout in the module docstring).
 
     Attributes:
         mantissa_bits: ``m``, buckets per binade ``2^m``; relative bucket width ≤ ``2^-m``.
-            ``m = 7`` resolves every bfloat16 value (one value per bucket), ``m = 10`` every float16
-            normal value.
-        exp_min: ``E_lo``; ``|x| < 2^E_lo`` goes to the zero bucket.
-        exp_max: ``E_hi``; ``|x| ≥ 2^E_hi`` goes to the under/overflow buckets.
+        exp_min: ``E_lo``; ``|x − c| < 2^(E_lo+k)`` goes to the zero bucket.
+        exp_max: ``E_hi``; ``|x − c| ≥ 2^(E_hi+k)`` goes to the under/overflow buckets.
+
+    The window is relative to each channel's scale ``2^k`` (its calibration), so the defaults
+    cover ``|x − c|`` from ``2^-16`` to ``2^16`` times the channel's spread.
     """
 
     mantissa_bits: int = 5
@@ -68,7 +90,7 @@ class HistogramParams(NamedTuple):
 
     @property
     def key_base(self) -> int:
-        """Subtracted from ``bits(|x|) >> (23 - m)`` so that ``a_0 = 2^E_lo`` has key 0."""
+        """``(E_lo + 127) << m``: the key base at ``k = 0``; a channel's is ``(E_lo + k + 127) << m``."""
         return (self.exp_min + FLOAT32_EXP_BIAS) << self.mantissa_bits
 
     @property
@@ -76,8 +98,14 @@ class HistogramParams(NamedTuple):
         return FLOAT32_MANTISSA_BITS - self.mantissa_bits
 
     @property
+    def exp_offset_range(self) -> tuple[int, int]:
+        """``(k_lo, k_hi)``: exponent offsets keeping the window ``[E_lo + k, E_hi + k)`` inside
+        float32's normal exponents ``[-126, 127]``."""
+        return -126 - self.exp_min, 127 - self.exp_max
+
+    @property
     def relative_error(self) -> float:
-        """Bound on the relative error of a quantile in ``[2^E_lo, 2^E_hi)`` magnitude: ``2^-m``."""
+        """``2^-m``: bucket width relative to the bucket's distance from the centre."""
         return 2.0 ** -self.mantissa_bits
 
     def validate(self) -> "HistogramParams":
@@ -92,27 +120,104 @@ class HistogramParams(NamedTuple):
         return self
 
 
-def bucket_index_ref(x: Tensor, params: HistogramParams) -> Tensor:
-    """Histogram bucket of every element, from its float32 bit pattern.
+def bucket_index_ref(
+    x: Tensor, params: HistogramParams, centre: Tensor | None = None, exp_offset: Tensor | None = None
+) -> Tensor:
+    """Histogram bucket of every element, from the float32 bit pattern of ``float32(x) − c``.
 
     Args:
-        x: any shape, floating. Non-finite values get an index too (their sign's end bucket);
+        x: ``[..., C]`` floating. Non-finite values get an index too (their sign's end bucket);
             callers mask them out.
+        centre: float32 ``[C]`` (broadcast over the last dim), or None for ``c = 0``.
+        exp_offset: int32 ``[C]``, or None for ``k = 0``.
 
     Returns:
         int64 tensor shaped like ``x``, values in ``[0, B)``.
     """
-    bits = x.to(torch.float32).contiguous().view(torch.int32)
-    negative = bits < 0
-    key = ((bits & 0x7FFFFFFF) >> params.shift) - params.key_base
+    xf = x.to(torch.float32)
+    d = xf if centre is None else xf - centre.to(torch.float32)
+    bits = d.contiguous().view(torch.int32)
+    base = params.key_base
+    if exp_offset is not None:
+        base = (params.exp_min + FLOAT32_EXP_BIAS + exp_offset.to(torch.int32)) << params.mantissa_bits
+    key = ((bits & 0x7FFFFFFF) >> params.shift) - base
     key = key.clamp(-1, params.buckets_per_sign) + 1
-    return (params.zero_bucket + torch.where(negative, -key, key)).to(torch.int64)
+    return (params.zero_bucket + torch.where(bits < 0, -key, key)).to(torch.int64)
 
 
-def bucket_magnitude_edges(params: HistogramParams) -> Tensor:
-    """``a_0 .. a_K`` (float64 ``[K + 1]``): magnitude bucket edges, exact powers-of-two steps."""
-    keys = torch.arange(params.buckets_per_sign + 1, dtype=torch.int64) + params.key_base
-    return (keys << params.shift).to(torch.int32).view(torch.float32).to(torch.float64)
+def bucket_magnitude_edges(params: HistogramParams, exp_offset: Tensor | None = None) -> Tensor:
+    """Magnitude edges ``a_0 .. a_K`` of ``d = x − c``: float64 ``[K + 1]`` at ``k = 0`` (None), or
+    ``[C, K + 1]`` for int ``[C]`` offsets. Exact (powers of two times ``1 + i / 2^m``)."""
+    j = torch.arange(params.buckets_per_sign + 1, dtype=torch.int64)
+    device = None if exp_offset is None else exp_offset.device
+    j = j.to(device)
+    mant = 1.0 + (j & ((1 << params.mantissa_bits) - 1)).to(torch.float64) / (1 << params.mantissa_bits)
+    exp = (j >> params.mantissa_bits) + params.exp_min
+    if exp_offset is not None:
+        exp = exp[None, :] + exp_offset.to(torch.int64)[:, None]
+        mant = mant.expand_as(exp)
+    return torch.ldexp(mant, exp.to(torch.float64))
+
+
+def bucket_intervals_ref(idx: Tensor, exp_offset: Tensor, params: HistogramParams) -> tuple[Tensor, Tensor]:
+    """Interval ``[lo, hi]`` of ``d = x − c`` covered by buckets ``idx`` (int ``[C, P]``), for
+    channels with offsets ``exp_offset`` (int ``[C]``): float64 ``[C, P]`` each.
+
+    Underflow starts at -inf, overflow ends at +inf, the zero bucket is
+    ``[−2^(E_lo+k), 2^(E_lo+k)]``; an edge value belongs to the bucket nearer the centre (see
+    the module docstring for the half-open sides).
+    """
+    k_count, zero, m = params.buckets_per_sign, params.zero_bucket, params.mantissa_bits
+    offset = exp_offset.to(torch.int64)[:, None]
+
+    def edge(j: Tensor) -> Tensor:
+        mant = 1.0 + (j & ((1 << m) - 1)).to(torch.float64) / (1 << m)
+        return torch.ldexp(mant, ((j >> m) + params.exp_min + offset).to(torch.float64))
+
+    j = (idx - zero).abs() - 1  # magnitude key of a signed bucket; -1 for the zero bucket
+    inner = edge(j.clamp(0, k_count))
+    outer = edge((j + 1).clamp(0, k_count))
+    inf = torch.full_like(inner, math.inf)
+    outer = torch.where(j >= k_count, inf, outer)
+    inner = torch.where(j < 0, -edge(torch.zeros_like(j)), inner)  # zero bucket: [-a_0, a_0]
+    positive = idx >= zero
+    lo = torch.where(positive, inner, -outer)
+    hi = torch.where(positive, outer, -inner)
+    return lo, hi
+
+
+def clamp_exp_offset(exp_offset: Tensor, params: HistogramParams) -> Tensor:
+    """``exp_offset`` clamped to :attr:`HistogramParams.exp_offset_range`, as int32."""
+    lo, hi = params.exp_offset_range
+    return exp_offset.clamp(lo, hi).to(torch.int32)
+
+
+def calibrate_ref(x: Tensor, params: HistogramParams, row_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-channel calibration ``(centre, exp_offset)`` from ``x [rows, C]`` (finite values of the
+    rows kept by ``row_mask``), on ``x``'s device and without host synchronisation.
+
+    ``centre`` (float32 ``[C]``): the lower median of the channel's values rounded to float32 (a
+    data value; ``-0`` and subnormal medians become ``+0``). ``exp_offset`` (int32 ``[C]``):
+    ``floor(log2(s))`` clamped to :attr:`HistogramParams.exp_offset_range`, with ``s`` the mean
+    absolute deviation from the centre. Fallbacks: ``s = |c|`` when ``s = 0`` (one value, a
+    constant channel), ``s = 1`` when also ``c = 0``; a channel without finite values (or ``x``
+    without rows) gets ``c = 0, k = 0``.
+    """
+    if x.shape[0] == 0:
+        zeros = torch.zeros(x.shape[1], device=x.device)
+        return zeros, zeros.to(torch.int32)
+    xf = x.detach().to(torch.float32)
+    valid = finite_mask(xf, row_mask)
+    n = valid.sum(0)
+    median = torch.nanmedian(torch.where(valid, xf, math.nan), dim=0).values
+    tiny = torch.finfo(torch.float32).tiny
+    centre = torch.where((n > 0) & (median.abs() >= tiny), median, 0.0).to(torch.float32)
+    dev = torch.where(valid, (xf.to(torch.float64) - centre.to(torch.float64)).abs(), 0.0)
+    spread = dev.sum(0) / n.clamp_min(1).to(torch.float64)
+    spread = torch.where(spread > 0, spread, centre.abs().to(torch.float64))
+    spread = torch.where(spread > 0, spread, 1.0)
+    exp_offset = torch.frexp(spread).exponent.to(torch.int64) - 1
+    return centre, clamp_exp_offset(exp_offset, params)
 
 
 def chan_merge(
@@ -196,8 +301,9 @@ def tile_stats_ref(x: Tensor, row_mask: Tensor | None = None, finite: Tensor | N
 
 def empty_state(num_channels: int, params: HistogramParams, device: torch.device | str | None = None) -> dict[str, Tensor]:
     """The state :func:`stats_update_ref` and the Triton update fold into, with nothing seen:
-    int64 ``count, nan, pos_inf, neg_inf`` and float64 ``mean, m2, vmin, vmax`` (``[C]``), and
-    the int32 pending histogram ``hist`` (``[C, B]``)."""
+    int64 ``count, nan, pos_inf, neg_inf`` and float64 ``mean, m2, vmin, vmax`` (``[C]``), the
+    int32 pending histogram ``hist`` (``[C, B]``) and the calibration ``centre`` (float32 ``[C]``,
+    zeros) and ``exp_offset`` (int32 ``[C]``, zeros): the uncentred layout until set."""
     c = num_channels
     return {
         "count": torch.zeros(c, dtype=torch.int64, device=device),
@@ -209,6 +315,8 @@ def empty_state(num_channels: int, params: HistogramParams, device: torch.device
         "pos_inf": torch.zeros(c, dtype=torch.int64, device=device),
         "neg_inf": torch.zeros(c, dtype=torch.int64, device=device),
         "hist": torch.zeros((c, params.num_buckets), dtype=torch.int32, device=device),
+        "centre": torch.zeros(c, dtype=torch.float32, device=device),
+        "exp_offset": torch.zeros(c, dtype=torch.int32, device=device),
     }
 
 
@@ -221,7 +329,8 @@ def stats_update_ref(
     """Folds ``x [rows, C]`` into ``state`` in place (no host synchronisation).
 
     ``state`` holds ``count, nan, pos_inf, neg_inf`` (int64 ``[C]``), ``mean, m2, vmin, vmax``
-    (float64 ``[C]``) and ``hist`` (int32 or int64 ``[C, B]``, row-major per channel).
+    (float64 ``[C]``), ``hist`` (int32 or int64 ``[C, B]``, row-major per channel) and the
+    calibration ``centre`` (float32 ``[C]``) and ``exp_offset`` (int32 ``[C]``), which bucket ``x``.
     """
     finite = finite_mask(x, row_mask)
     t = tile_stats_ref(x, row_mask, finite)
@@ -229,5 +338,5 @@ def stats_update_ref(
     hist = state["hist"]
     num_channels, num_buckets = hist.shape
     offsets = torch.arange(num_channels, device=x.device, dtype=torch.int64) * num_buckets
-    flat = (bucket_index_ref(x, params) + offsets).reshape(-1)
+    flat = (bucket_index_ref(x, params, state["centre"], state["exp_offset"]) + offsets).reshape(-1)
     hist.view(-1).scatter_add_(0, flat, finite.reshape(-1).to(hist.dtype))

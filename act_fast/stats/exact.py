@@ -1,6 +1,6 @@
 """Exact-mode queries on raw samples: order statistics instead of histogram buckets.
 
-Non-finite samples are dropped per channel (they are counted apart, DESIGN.md §2), so channels
+Non-finite samples are dropped per channel (they are counted apart, docs/design.md §2), so channels
 may hold different numbers of samples. Samples are kept sorted per channel, non-finite ones
 pushed to the end as +inf, with ``n_c`` the finite count of channel ``c``.
 """
@@ -47,6 +47,11 @@ class SampleQuantiles:
         n = self.counts[:, None]
         idx = torch.ceil(u * n.to(torch.float64)).to(torch.int64) - 1
         return self._gather(torch.minimum(idx.clamp_min(0), (n - 1).clamp_min(0)))
+
+    def offset_at(self, u: Tensor, shift: Tensor) -> Tensor:
+        """``x_(⌈u·n⌉) − shift`` at levels ``u [C, P]``, ``shift`` float64 ``[C]`` (float64 samples minus
+        a nearby mean: no cancellation beyond the samples' own precision)."""
+        return self.at(u) - shift.to(torch.float64)[:, None]
 
     def linear(self, u: Tensor) -> Tensor:
         """``torch.quantile`` semantics (linear interpolation between order statistics) at ``u [C, P]``."""

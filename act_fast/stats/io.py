@@ -7,7 +7,7 @@ object with the format name and version, the sites in order, their channel count
 parameters and exact flags, the model type and config fingerprint
 (:func:`act_fast.maps.model_fingerprint`), creation time, act_fast version, and the caller's own
 ``metadata`` (JSON values). No pickle. Files are written to a temporary name and renamed
-(:mod:`act_fast.atomic_file`), so a reader never sees half a file.
+(:func:`act_fast.fileio.atomic_write`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from act_fast._version import __version__
-from act_fast.atomic_file import save_safetensors_atomic
+from act_fast.fileio import atomic_write
 from act_fast.maps import FORMAT_NAME as MAPS_FORMAT_NAME
 from act_fast.maps import model_fingerprint
 from act_fast.stats.channel_stats import ChannelStats
@@ -94,7 +94,9 @@ def save_stats(
         blob = json.dumps(header)
     except TypeError as err:
         raise TypeError(f"save_stats: metadata must hold JSON values (str, numbers, lists, dicts): {err}") from None
-    return save_safetensors_atomic(tensors, path, {FORMAT_NAME: blob})
+    from safetensors.torch import save_file
+
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={FORMAT_NAME: blob}))
 
 
 def _open(path: Path, *, tensors: bool) -> tuple[dict[str, Any], dict[str, Tensor]]:

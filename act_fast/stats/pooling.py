@@ -1,4 +1,4 @@
-"""Pooling of one module output into statistics rows, with padding kept out (DESIGN.md §1).
+"""Pooling of one module output into statistics rows, with padding kept out (docs/design.md §1).
 
 Every function is device-side only (no host synchronisation): rows that must not count come
 back flagged in a row mask instead of being removed.

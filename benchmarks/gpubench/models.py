@@ -152,34 +152,15 @@ def flux_inputs(device: str, dtype: torch.dtype, smoke: bool, batch: int = 1) ->
 
 
 # ---------------------------------------------------------------------------- sites and maps
-def _channel_dim(module: nn.Module, out: Tensor) -> int:
-    return 1 if isinstance(module, (nn.GroupNorm, nn.BatchNorm2d, nn.Conv2d)) and out.ndim >= 3 else -1
+def site_channels(model: nn.Module, sites: Sequence[str], batch: dict) -> dict[str, int]:
+    """Channel count of each site's output (act_fast.modeling.site_channels, probing with ``batch``)."""
+    from act_fast.modeling import site_channels as measure
 
-
-def site_channels(model: nn.Module, sites: Sequence[str], run_forward) -> dict[str, int]:
-    """Channel count of each site's output, from one forward with recording hooks."""
-    from act_fast.stats.collect import first_tensor
-
-    modules = dict(model.named_modules())
-    found: dict[str, int] = {}
-    handles = []
-    for name in sites:
-        def hook(module, args, output, name=name):
-            out = first_tensor(output)
-            if out is not None and name not in found:
-                found[name] = out.shape[_channel_dim(module, out)]
-
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            run_forward()
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [s for s in sites if s not in found]
+    channels = measure(model, sites, batch)
+    missing = [s for s, c in channels.items() if c is None]
     if missing:
         raise RuntimeError(f"sites produced no tensor output during the probe forward: {missing[:5]}")
-    return {s: found[s] for s in sites}
+    return channels  # type: ignore[return-value]
 
 
 def random_maps(channels: dict[str, int], kind: str, device: str, seed: int = 0) -> "af.SteeringMaps":

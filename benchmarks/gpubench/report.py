@@ -1,4 +1,4 @@
-"""Results file: metadata, merging of runs into one JSON, the markdown table, and the DESIGN.md §6
+"""Results file: metadata, merging of runs into one JSON, the markdown table, and the docs/design.md §6
 targets next to the measured values."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ NOT_MEASURED = "not measured in this file"
 
 
 def targets(data: dict) -> list[tuple[str, str, str, str]]:
-    """(what, target, measured, verdict) for each DESIGN.md §6 row."""
+    """(what, target, measured, verdict) for each docs/design.md §6 row."""
     rows: list[tuple[str, str, str, str]] = []
     smoke = bool(data.get("meta", {}).get("smoke"))
 
@@ -239,7 +239,7 @@ def markdown(data: dict) -> str:
         "Every figure is the median of repeated runs after warm-up, timed with CUDA events "
         "(kernel figures: CUDA-graph replay of back-to-back calls when it could be captured).",
         "",
-        "## DESIGN.md §6 targets", "",
+        "## docs/design.md §6 targets", "",
         "| what | target | measured | |", "|---|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(data)]

@@ -269,7 +269,7 @@ def section_stats(ctx: Ctx) -> dict:
 def _llama_sites_and_maps(ctx: Ctx, model) -> tuple[list[str], dict[str, int]]:
     sites = af.sites(model, "layernorm")
     ids = torch.randint(0, model.config.vocab_size, (1, 4), device=ctx.device)
-    channels = M.site_channels(model, sites, lambda: model(input_ids=ids, logits_to_keep=1, use_cache=False))
+    channels = M.site_channels(model, sites, {"input_ids": ids, "logits_to_keep": 1, "use_cache": False})
     return sites, channels
 
 
@@ -367,7 +367,7 @@ def section_collect(ctx: Ctx) -> dict:
     summary: dict[str, Any] = {}
     for pooling in ("mean", "none"):
         try:
-            t = ctx.timer.run(lambda: af.collect(model, sites, [batch] * k, pooling=pooling, progress=False), inner=1)
+            t = ctx.timer.run(lambda: af.collect(model, [batch] * k, sites, pooling=pooling, progress=False), inner=1)
             per_forward = t.median_ms / k
             figures.append({"name": "collect", "pooling": pooling, "sites": len(sites), "batch": B, "tokens": T,
                             "forwards_per_call": k, "ms_per_forward": per_forward, "timing": _t(t),
@@ -506,8 +506,7 @@ def _diffusion(ctx: Ctx, label: str, build, inputs, config: dict) -> dict:
     model = build()
     fn = lambda: model(**inputs)  # noqa: E731
     sites = af.sites(model, ctx.args.diffusion_preset)
-    with torch.no_grad():
-        channels = M.site_channels(model, sites, fn)
+    channels = M.site_channels(model, sites, inputs)
     errors: list = []
 
     def steered(kind: str):

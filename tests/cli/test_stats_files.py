@@ -4,6 +4,7 @@ atomic writes, and load errors that name the file."""
 import json
 import os
 import struct
+import subprocess
 
 import pytest
 import torch
@@ -70,7 +71,9 @@ def test_save_refuses_bad_input(tmp_path):
 def test_save_is_atomic_cleans_stale_temporaries_and_honours_the_umask(tmp_path, monkeypatch):
     path = af.save_stats(make_stats(), tmp_path / "s.safetensors")
     before = path.read_bytes()
-    (tmp_path / ".s.safetensors.dead.tmp").write_bytes(b"left by a killed save")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that no longer exists left a temporary behind (killed mid-save)
+    (tmp_path / f".s.safetensors.{gone.pid}.0badcafe.tmp").write_bytes(b"left by a killed save")
     import safetensors.torch
 
     def failing_save(tensors, filename, metadata=None):

@@ -14,7 +14,8 @@ def test_linear_act_is_the_sorted_pair_regression():
     t = torch.tensor([[10.0], [30.0], [20.0], [40.0]])  # sorted: 10, 20, 30, 40
     m = fit_map(s, t)
     assert m.weight.tolist() == [10.0] and m.bias.tolist() == [0.0]
-    assert m.lo is None and m.hi is None
+    assert m.lo.tolist() == [1.0] and m.hi.tolist() == [4.0]  # Linear-AcT's default support: the source's [min, max]
+    assert fit_map(s, t, support="q_all").lo is None
 
 
 def test_linear_act_matches_least_squares_on_sorted_pairs():
@@ -98,18 +99,25 @@ def test_exact_support_follows_torch_quantile(support):
 
 
 def test_streaming_linear_act_agrees_with_exact():
-    """Default histogram resolution: Linear-AcT weights within a few percent on spread channels."""
+    """Default histogram resolution: Linear-AcT weights within 1 % of exact ones (the documented goal;
+    measured ~0.1 %), support bounds within the histogram's documented quantile bound."""
     g = torch.Generator().manual_seed(3)
     C = 6
     s = torch.randn(4000, C, generator=g) * torch.linspace(0.2, 5.0, C) + torch.linspace(-3, 3, C)
     t = torch.randn(3000, C, generator=g).mul(0.7).exp() * 2.0 - 1.0
     exact = fit_map(s, t, support="q_5_95")
-    stream = fit_map(ChannelStats(C).update(s), ChannelStats(C).update(t), support="q_5_95")
-    torch.testing.assert_close(stream.weight, exact.weight, rtol=0.03, atol=0.0)
+    src = ChannelStats(C).update(s)
+    stream = fit_map(src, ChannelStats(C).update(t), support="q_5_95")
+    torch.testing.assert_close(stream.weight, exact.weight, rtol=0.01, atol=0.0)
     # Moments are exact in both modes, so the bias error is the weight error times m_s.
     torch.testing.assert_close(stream.bias.double(), t.double().mean(0) - stream.weight.double() * s.double().mean(0), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(stream.lo, exact.lo, rtol=2.0**-5, atol=0.0)  # histogram quantile bound 2^-m
-    torch.testing.assert_close(stream.hi, exact.hi, rtol=2.0**-5, atol=0.0)
+    # The bound is for the order statistic of rank ⌈uN⌉; torch.quantile interpolates between that
+    # one and its neighbour, so allow one sample gap on top.
+    for got, want, level in ((stream.lo, exact.lo, 0.05), (stream.hi, exact.hi, 0.95)):
+        order = s.sort(0).values
+        k = int(torch.ceil(torch.tensor(level * s.shape[0]))) - 1
+        gap = (order[k + 1] - order[k - 1]).abs().double()
+        assert bool(((got.double() - want.double()).abs() <= src.quantile_error_bound(want.double()[None])[0] + gap).all())
     for method in ("mean_act", "gaussian_act", "mean_diff"):  # moments are exact in both modes
         torch.testing.assert_close(fit_map(ChannelStats(C).update(s), ChannelStats(C).update(t), method=method).weight, fit_map(s, t, method=method).weight)
 

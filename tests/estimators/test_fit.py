@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import act_fast as af
-from act_fast.estimators.fit import forward_order
+from act_fast.estimators.fitting import forward_order
 from act_fast.maps import SteeringMaps
 from tiny_models import tiny_llama, tiny_unet, unet_batches
 
@@ -36,14 +36,16 @@ def test_independent_fit_equals_fit_map_on_collected_stats(method):
     src, tgt = prompts(1), prompts(2)
     maps = af.fit(model, src, tgt, SITES, method=method, incremental=False, progress=False)
     assert isinstance(maps, SteeringMaps) and list(maps) == SITES
-    s = af.collect(model, SITES, src, progress=False, exact=True)
-    t = af.collect(model, SITES, tgt, progress=False, exact=True)
+    s = af.collect(model, src, SITES, progress=False, exact=True)
+    t = af.collect(model, tgt, SITES, progress=False, exact=True)
     for site in SITES:
-        expected = af.fit_map(s[site], t[site], method=method, support="q_0_100")
+        expected = af.fit_map(s[site], t[site], method=method)  # the same default support
+        assert expected.tensors().keys() == maps[site].tensors().keys()
         for name, v in expected.tensors().items():
             torch.testing.assert_close(getattr(maps[site], name), v)
     meta = maps.metadata()
-    assert meta["method"] == method and meta["support"] == "q_0_100" and meta["pooling"] == "mean"
+    default_support = "q_0_100" if method == "linear_act" else "q_all"
+    assert meta["method"] == method and meta["support"] == default_support and meta["pooling"] == "mean"
     assert meta["model_type"] == "llama" and len(meta["model_fingerprint"]) == 64
 
 
@@ -57,8 +59,8 @@ def test_incremental_fit_sees_earlier_sites_transported():
     module = dict(model.named_modules())[first]
     handle = module.register_forward_hook(lambda m, a, out: maps[first].apply(out, 1.0))
     try:
-        s = af.collect(model, [second], src, progress=False, exact=True)[second]
-        t = af.collect(model, [second], tgt, progress=False, exact=True)[second]
+        s = af.collect(model, src, [second], progress=False, exact=True)[second]
+        t = af.collect(model, tgt, [second], progress=False, exact=True)[second]
     finally:
         handle.remove()
     torch.testing.assert_close(maps[second].bias, af.fit_map(s, t, method="mean_act").bias)

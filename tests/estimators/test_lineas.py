@@ -40,7 +40,7 @@ def pooled_rows(model, sites, batches, maps=None) -> dict[str, torch.Tensor]:
     """Mean-pooled outputs ``{site: [N, C]}`` (padding excluded), with ``maps`` applied at λ = 1."""
     handle = af.steer(model, maps, 1.0, mode="op") if maps else None
     try:
-        stats = af.collect(model, sites, batches, progress=False, exact=True)
+        stats = af.collect(model, batches, sites, progress=False, exact=True)
     finally:
         if handle is not None:
             handle.remove()

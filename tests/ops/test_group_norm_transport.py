@@ -11,7 +11,7 @@ import act_fast as af
 from act_fast.ops import checks, set_backend
 from act_fast.ops.group_norm_transport import group_norm_transport_triton
 from act_fast.ops.reference import affine_transport_ref, group_norm_ref, group_norm_transport_ref
-from act_fast.ops.transport import _PLANE_SINGLE_TILE
+from act_fast.ops.transport import PLANE_SINGLE_TILE
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def run_kernel(x, G, nw, nb, w, b, s, lo, hi, eps, pool, index=None):
     """The launcher with a NaN-poisoned output buffer, so an unwritten element cannot pass."""
     out = torch.full(x.shape, float("nan"), dtype=x.dtype, device=x.device)
     s_tensor, s_scalar = checks.normalize_strength(s, x)
-    y = group_norm_transport_triton(x, G, nw, nb, w, b, s_tensor, s_scalar, lo, hi, eps, pool, map_index=index, out=out)
+    y = group_norm_transport_triton(x, G, nw, nb, w, b, s_tensor, s_scalar, lo, hi, index, eps, pool, out=out)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -93,7 +93,7 @@ def test_kernel_matches_reference(case, dtype, pool, support, device):
 def test_planes_larger_than_one_tile(dtype, pool, device):
     """Planes above the register tile are walked in chunks by both kernels (statistics merged
     over chunks, output written chunk by chunk)."""
-    side = int(_PLANE_SINGLE_TILE**0.5) + 1
+    side = int(PLANE_SINGLE_TILE**0.5) + 1
     x = make_x((1, 4, side, side), dtype, device, offset=5.0)
     nw, nb, w, b, lo, hi = make_params(4, device)
     s = torch.tensor([0.8], device=device)
@@ -159,7 +159,7 @@ def test_public_op_matches_unfused(backend, device):
 
 def op_args(x, G, nw, nb, w, b, s, lo, hi, eps, pool, index):
     s_tensor, s_scalar = checks.normalize_strength(s, x)
-    return (x, G, nw, nb, w, b, s_tensor, s_scalar, lo, hi, eps, pool, index)
+    return (x, G, nw, nb, w, b, s_tensor, s_scalar, lo, hi, index, eps, pool)
 
 
 # (shape, groups, pool, strength, support, norm affine given, map index)
@@ -330,7 +330,7 @@ def bad_inputs(device):
         "index_rows": (ValueError, dict(w=torch.ones(2, 6), b=torch.zeros(2, 6), index=torch.tensor([0, 1, 1])), r"per-row map_index must have shape \[2\]"),
         "index_dtype": (TypeError, dict(w=torch.ones(2, 6), b=torch.zeros(2, 6), index=torch.tensor(1.0)), r"map_index must be an int32 or int64 tensor"),
         "lo_without_hi": (ValueError, dict(lo=torch.zeros(6)), r"lo and hi must be given together"),
-        "negative_eps": (ValueError, dict(eps=-1.0), r"eps must be a finite non-negative float"),
+        "negative_eps": (ValueError, dict(eps=-1.0), r"eps must be a finite non-negative number"),
         "pool_not_bool": (TypeError, dict(pool="yes"), r"pool_spatial must be a bool, got str"),
         "integer_x": (TypeError, dict(x=torch.ones(2, 6, 3, dtype=torch.int64)), r"x must be a floating-point tensor"),
     }

@@ -57,7 +57,7 @@ def rows_of(index: torch.Tensor, batch: int) -> list[int]:
 
 def run_transport_kernel(x, w, b, s_args, lo, hi, channel_dim, pool, index):
     out = torch.full(x.shape, float("nan"), dtype=x.dtype, device=x.device)
-    y = affine_transport_triton(x, w, b, *s_args, lo, hi, channel_dim % x.ndim, pool, out=out, map_index=index)
+    y = affine_transport_triton(x, w, b, s_args[0], s_args[1], lo, hi, index, channel_dim % x.ndim, pool, out=out)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -176,8 +176,8 @@ def test_norm_kernel_matches_reference(norm, case, dtype, index_kind, index_dtyp
     out = torch.full(x.shape, float("nan"), dtype=dtype, device=device)
     kwargs = {} if max_tile is None else {"max_single_tile_c": max_tile}
     y = norm_transport_triton(
-        x, nw, nb, w, b, s_tensor, s_scalar, lo, hi, rms=norm == "rms", eps=1e-5,
-        weight_offset=1.0 if norm == "rms" else 0.0, out=out, map_index=index, **kwargs,
+        x, nw, nb, w, b, s_tensor, s_scalar, lo, hi, index, rms=norm == "rms", eps=1e-5,
+        weight_offset=1.0 if norm == "rms" else 0.0, out=out, **kwargs,
     )
     assert_close(y, norm_reference(norm, x, nw, nb, w, b, s, lo, hi, index, offset=1.0 if norm == "rms" else 0.0))
 
@@ -298,7 +298,7 @@ def test_opcheck_transport(shape, channel_dim, pool, strength, index_kind, suppo
     previous = set_backend(backend)
     try:
         torch.library.opcheck(
-            torch.ops.act_fast.affine_transport.default, (x, w, b, s, scalar, lo, hi, channel_dim % len(shape), pool, index)
+            torch.ops.act_fast.affine_transport.default, (x, w, b, s, scalar, lo, hi, index, channel_dim % len(shape), pool)
         )
     finally:
         set_backend(previous)
@@ -315,9 +315,9 @@ def test_opcheck_norms(norm, index_kind, backend, device):
     s = torch.rand(3, device=device, requires_grad=True)
     index = make_index(index_kind, torch.int64, 3, device)
     if norm == "rms":
-        op, args = torch.ops.act_fast.rms_norm_transport.default, (x, nw, w, b, s, 0.0, lo, hi, 1e-5, 1.0, index)
+        op, args = torch.ops.act_fast.rms_norm_transport.default, (x, nw, w, b, s, 0.0, lo, hi, index, 1e-5, 1.0, False)
     else:
-        op, args = torch.ops.act_fast.layer_norm_transport.default, (x, nw, nb, w, b, s, 0.0, lo, hi, 1e-5, index)
+        op, args = torch.ops.act_fast.layer_norm_transport.default, (x, nw, nb, w, b, s, 0.0, lo, hi, index, 1e-5)
     previous = set_backend(backend)
     try:
         torch.library.opcheck(op, args)
@@ -410,7 +410,7 @@ class TestBadInput:
         "bias_maps": (ValueError, dict(b=torch.zeros(3, 6)), r"bias must have shape \[4, 6\] with map_index.*got \[3, 6\]"),
         "lo_maps": (ValueError, dict(lo=torch.zeros(2, 6)), r"lo must have shape \[4, 6\] with map_index.*got \[2, 6\]"),
         "matrix_without_index": (ValueError, dict(index=None), r"weight must have shape \[6\].*got \[4, 6\]; pass map_index"),
-        "nan_in_one_map": (ValueError, dict(b=torch.zeros(4, 6).index_fill_(0, torch.tensor([2]), float("nan"))), r"bias holds NaN or Inf \(first bad \[map, channel\] entries: \[\[2, 0\]"),
+        "nan_in_one_map": (ValueError, dict(b=torch.zeros(4, 6).index_fill_(0, torch.tensor([2]), float("nan"))), r"bias \(shape \[4, 6\]\) holds NaN or Inf at \[map, channel\] entries \[\[2, 0\]"),
     }
 
     @pytest.mark.parametrize("case", list(CASES))

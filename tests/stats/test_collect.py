@@ -72,7 +72,7 @@ def manual_rows(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tens
 def test_pooling_over_real_tokens(llama, side, pooling):
     names = af.sites(llama) + af.sites(llama, "attn_out")  # attention modules return tuples
     batches = [padded_batch(side, 1), padded_batch(side, 2)]
-    stats = af.collect(llama, names, batches, pooling=pooling, exact=True, progress=False)
+    stats = af.collect(llama, batches, names, pooling=pooling, exact=True, progress=False)
     assert list(stats) == names
     for name in names:
         expected = torch.cat([manual_rows(capture(llama, [name], b)[name], b["attention_mask"], pooling) for b in batches])
@@ -88,9 +88,9 @@ def test_pooling_over_real_tokens(llama, side, pooling):
 def test_right_padding_changes_nothing(llama):
     """Causal model, right padding: statistics equal those of the prompts run one by one."""
     batch = padded_batch("right", 3)
-    padded = af.collect(llama, af.sites(llama), [batch], exact=True, progress=False)
+    padded = af.collect(llama, [batch], af.sites(llama), exact=True, progress=False)
     single = [{"input_ids": batch["input_ids"][i : i + 1, :n]} for i, n in enumerate(LENGTHS)]
-    alone = af.collect(llama, af.sites(llama), single, exact=True, progress=False)
+    alone = af.collect(llama, single, af.sites(llama), exact=True, progress=False)
     for name in padded:
         assert_close(padded[name].samples, alone[name].samples)
         assert_close(padded[name].mean.float(), alone[name].mean.float())
@@ -98,8 +98,8 @@ def test_right_padding_changes_nothing(llama):
 
 def test_streaming_mode_matches_exact_mode(llama):
     batches = [padded_batch("left", 4)]
-    streaming = af.collect(llama, af.sites(llama), batches, pooling="none", progress=False)
-    exact = af.collect(llama, af.sites(llama), batches, pooling="none", exact=True, progress=False)
+    streaming = af.collect(llama, batches, af.sites(llama), pooling="none", progress=False)
+    exact = af.collect(llama, batches, af.sites(llama), pooling="none", exact=True, progress=False)
     for name in streaming:
         assert torch.equal(streaming[name].histogram, exact[name].histogram)
         assert int(streaming[name].count[0]) == sum(LENGTHS)
@@ -109,7 +109,7 @@ def test_streaming_mode_matches_exact_mode(llama):
 def test_conv_outputs_pooled_over_space(pooling):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh())
     x = torch.randn(2, 3, 6, 5)
-    stats = af.collect(model, ["0"], [{"input": x}], pooling=pooling, exact=True, progress=False)
+    stats = af.collect(model, [{"input": x}], ["0"], pooling=pooling, exact=True, progress=False)
     out = model[0](x).detach()
     expected = {
         "mean": out.mean((2, 3)),
@@ -138,31 +138,31 @@ class Boom(nn.Module):
 def test_hooks_removed_when_forward_raises():
     model = nn.Sequential(nn.Linear(4, 4), Boom())
     with pytest.raises(RuntimeError, match="boom"):
-        af.collect(model, ["0"], [{"input": torch.randn(2, 4)}], progress=False)
+        af.collect(model, [{"input": torch.randn(2, 4)}], ["0"], progress=False)
     assert not model[0]._forward_hooks
 
 
 def test_progress_bar(capsys):
     model = nn.Sequential(nn.Linear(4, 3))
-    af.collect(model, ["0"], [{"input": torch.randn(2, 4)}] * 3, progress=True)
+    af.collect(model, [{"input": torch.randn(2, 4)}] * 3, ["0"], progress=True)
     assert "collect" in capsys.readouterr().err
 
 
 def test_collect_errors(llama):
     batch = padded_batch("right", 0)
     with pytest.raises(ValueError, match=r"unknown site 'model.layers.0.input_layernorn'.*did you mean"):
-        af.collect(llama, ["model.layers.0.input_layernorn"], [batch], progress=False)
+        af.collect(llama, [batch], ["model.layers.0.input_layernorn"], progress=False)
     with pytest.raises(ValueError, match="pooling must be one of"):
-        af.collect(llama, af.sites(llama), [batch], pooling="median", progress=False)
+        af.collect(llama, [batch], af.sites(llama), pooling="median", progress=False)
     with pytest.raises(ValueError, match="unknown site preset 'nope'"):
         af.sites(llama, "nope")
     with pytest.raises(TypeError, match="dict of model inputs"):
-        af.collect(llama, af.sites(llama), [batch["input_ids"]], progress=False)
+        af.collect(llama, [batch["input_ids"]], af.sites(llama), progress=False)
     with pytest.raises(ValueError, match="no batches"):
-        af.collect(llama, af.sites(llama), [], progress=False)
+        af.collect(llama, [], af.sites(llama), progress=False)
     short_mask = batch["attention_mask"][:, :3]
     with pytest.raises(ValueError, match=r"site 'proj': output of shape \[3, 5, 3\] does not line up with attention_mask \[3, 3\]"):
-        af.collect(TokenModel(), ["proj"], [{"input": torch.randn(3, 5, 4), "attention_mask": short_mask}], progress=False)
+        af.collect(TokenModel(), [{"input": torch.randn(3, 5, 4), "attention_mask": short_mask}], ["proj"], progress=False)
 
 
 @contextlib.contextmanager
@@ -216,8 +216,8 @@ def test_stop_early_skips_the_layers_after_the_last_site():
     model.model.layers[2].register_forward_hook(lambda m, a, o: calls.append("layer 2"))
     batches = [{"input_ids": torch.randint(0, 50, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.int64)}] * 2
     site = "model.layers.1.post_attention_layernorm"
-    full = af.collect(model, [site], batches, progress=False)[site]
+    full = af.collect(model, batches, [site], progress=False)[site]
     assert calls == ["layer 2", "layer 2"]
-    early = af.collect(model, [site], batches, progress=False, stop_early=True)[site]
+    early = af.collect(model, batches, [site], progress=False, stop_early=True)[site]
     assert calls == ["layer 2", "layer 2"]  # no further call: the forward stopped at the site
     assert torch.equal(early.mean, full.mean) and torch.equal(early.histogram, full.histogram)

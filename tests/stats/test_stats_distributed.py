@@ -1,5 +1,7 @@
-"""Two gloo ranks on CPU, each over half the data: the all-reduced state equals one process over
-all of it (histograms and counts bit-identical, moments to float64 rounding)."""
+"""Two gloo ranks on CPU, each over half the data, calibrated together (rank 0's first batch,
+broadcast): the all-reduced state equals one process calibrated on that batch over all of the
+data (histograms and counts bit-identical, moments to float64 rounding). Ranks that calibrate
+apart are refused by all_reduce."""
 
 import math
 import os
@@ -28,18 +30,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, exact: bool) -> None:
+CHUNK = 97
+
+
+def rank_part(x: torch.Tensor, rank: int) -> torch.Tensor:
+    half = x.shape[0] // 2
+    return x[:half] if rank == 0 else x[half:]
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, exact: bool, calibrate: bool) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        x = data()
-        half = x.shape[0] // 2
-        part = x[:half] if rank == 0 else x[half:]
+        chunks = rank_part(data(), rank).split(CHUNK)
         stats = af.ChannelStats(5, exact=exact)
-        for chunk in part.split(97):
+        if calibrate:
+            stats.calibrate(chunks[0], group=dist.group.WORLD, src=0)
+        for chunk in chunks:
             stats.update(chunk)
-        stats.all_reduce()
+        try:
+            stats.all_reduce()
+        except ValueError as e:
+            (open(os.path.join(out_dir, f"rank{rank}.err"), "w")).write(str(e))
+            return
         torch.save(stats.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -47,8 +61,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, exact: bool) -> None
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_all_reduce_equals_single_process(exact, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), exact), nprocs=2, join=True)
-    single = af.ChannelStats(5, exact=exact).update(data())
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), exact, True), nprocs=2, join=True)
+    x = data()
+    single = af.ChannelStats(5, exact=exact).calibrate(rank_part(x, 0)[:CHUNK]).update(x)
     for rank in range(2):
         reduced = af.ChannelStats.from_state_dict(torch.load(tmp_path / f"rank{rank}.pt"))
         assert torch.equal(reduced.histogram, single.histogram)
@@ -61,3 +76,64 @@ def test_all_reduce_equals_single_process(exact, tmp_path):
         torch.testing.assert_close(reduced.var(), single.var(), rtol=1e-10, atol=0)
         if exact:
             torch.testing.assert_close(reduced.samples, single.samples, rtol=0, atol=0, equal_nan=True)
+        assert reduced.calibrated
+        for got, want in zip(reduced.calibration, single.calibration):
+            assert torch.equal(got, want)
+
+
+def test_all_reduce_refuses_ranks_calibrated_apart(tmp_path):
+    """Without calibrate(group=...), each rank calibrates on its own first batch: the collective
+    check in all_reduce refuses on every rank (none hangs) and says what to do."""
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), False, False), nprocs=2, join=True)
+    for rank in range(2):
+        assert not (tmp_path / f"rank{rank}.pt").exists()
+        message = (tmp_path / f"rank{rank}.err").read_text()
+        assert "ranks hold different histogram calibrations" in message
+        assert "calibrate(x, group=group)" in message
+
+
+def _batches() -> list[dict]:
+    g = torch.Generator().manual_seed(11)
+    batches = []
+    for i in range(6):
+        mask = torch.ones(3, 7, dtype=torch.int64)
+        mask[i % 3, : 1 + i % 4] = 0  # left padding of varying length
+        batches.append({"input_ids": torch.randint(3, 100, (3, 7), generator=g), "attention_mask": mask})
+    return batches
+
+
+def _collect_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Rank r collects batches r, r + W, … (interleaved shards) with collect(group=...), then all_reduce."""
+    from tiny_models import tiny_llama
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = tiny_llama()
+        stats = af.collect(model, _batches()[rank::world], "layernorm", pooling="none", group=dist.group.WORLD, progress=False)
+        for s in stats.values():
+            s.all_reduce()
+        torch.save({site: s.state_dict() for site, s in stats.items()}, os.path.join(out_dir, f"collect{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collect_with_a_group_merges_exactly(tmp_path):
+    """Two ranks collecting interleaved shards with collect(group=...) and all_reduce give the
+    histograms and counts of one process collecting every batch (rank 0's first batch is the global
+    first batch, so both calibrate on it)."""
+    from tiny_models import tiny_llama
+
+    mp.spawn(_collect_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = af.collect(tiny_llama(), _batches(), "layernorm", pooling="none", progress=False)
+    for rank in range(2):
+        reduced = torch.load(tmp_path / f"collect{rank}.pt")
+        assert list(reduced) == list(single)
+        for site, sd in reduced.items():
+            got = af.ChannelStats.from_state_dict(sd)
+            assert torch.equal(got.histogram, single[site].histogram), site
+            assert torch.equal(got.count, single[site].count)
+            assert got.rows_seen == single[site].rows_seen

@@ -82,8 +82,6 @@ def test_merge_mismatched_parameters(stats):
         stats.merge(af.ChannelStats(4, exact=True))
     with pytest.raises(TypeError, match="expects a ChannelStats"):
         stats.merge(torch.zeros(4))
-    with pytest.raises(ValueError, match="histogram parameters differ"):
-        stats.auroc(af.ChannelStats(4, mantissa_bits=3).update(torch.randn(5, 4)))
 
 
 def test_load_state_dict_mismatch(stats):
@@ -118,3 +116,48 @@ def test_bad_num_channels():
 def test_samples_outside_exact_mode(stats):
     with pytest.raises(ValueError, match="exact mode"):
         stats.samples
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_tampered_state_dicts_are_refused_and_change_nothing(exact):
+    """Every field is validated before anything is assigned (issue: NaN means, negative M2 or counts,
+    min > max, fractional counts and samples that disagree with the counts were accepted, and a
+    failed exact-mode load left moments overwritten and samples old)."""
+    g = torch.Generator().manual_seed(0)
+    good = af.ChannelStats(4, exact=exact).update(torch.randn(30, 4, generator=g)).state_dict()
+    target = af.ChannelStats(4, exact=exact).update(torch.randn(7, 4, generator=g) + 5.0)
+    before = target.state_dict()
+
+    def tampered(key, value):
+        sd = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in good.items()}
+        sd[key] = value(sd[key]) if callable(value) else value
+        return sd
+
+    cases = [
+        (tampered("mean", lambda t: t.index_fill(0, torch.tensor([1]), float("nan"))), "mean.*NaN or Inf"),
+        (tampered("m2", lambda t: -t), "negative values"),
+        (tampered("count", lambda t: t.double() + 0.5), "integer counts"),
+        (tampered("nan", lambda t: t - 1), "negative counts"),
+        (tampered("vmin", lambda t: good["vmax"] + 1.0), "vmin <= vmax"),
+        (tampered("count", lambda t: t - 1), "does not add up|disagree"),
+        (tampered("rows_seen", torch.tensor(3)), "exceeds rows_seen"),
+    ]
+    if exact:
+        cases.append((tampered("samples", lambda t: t[:-2]), "disagree with 'count'"))
+    for sd, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            target.load_state_dict(sd)
+        after = target.state_dict()
+        assert all(torch.equal(after[k], before[k]) for k in before if isinstance(before[k], torch.Tensor)), message
+    target.load_state_dict(good)
+    assert torch.equal(target.histogram, af.ChannelStats.from_state_dict(good).histogram)
+
+
+def test_quantile_levels_of_the_wrong_type_say_so(stats):
+    stats.update(torch.randn(10, 4))
+    with pytest.raises(TypeError, match="quantile levels must be a number in \\[0, 1\\], a list of numbers or a real tensor, got str"):
+        stats.quantile("0.5")
+    with pytest.raises(TypeError, match="got list"):
+        stats.quantile([0.5, "0.9"])
+    np = pytest.importorskip("numpy")
+    assert torch.equal(stats.quantile(np.float32(0.5)), stats.quantile(0.5))

@@ -9,7 +9,15 @@ from tolerances import FLOAT_DTYPES, TOLERANCES
 import act_fast as af
 from act_fast.ops import set_backend
 from act_fast.ops.stats import PARTIAL_DTYPES, PARTIAL_FIELDS, stats_fold_triton, stats_partials_triton, stats_update_triton
-from act_fast.ops.stats_reference import HistogramParams, bucket_index_ref, empty_state, stats_update_ref
+from act_fast.ops.stats_reference import (
+    HistogramParams,
+    bucket_index_ref,
+    bucket_intervals_ref,
+    bucket_magnitude_edges,
+    calibrate_ref,
+    empty_state,
+    stats_update_ref,
+)
 
 PARAMS = HistogramParams()
 SHAPES = [(1, 1), (1, 13), (64, 1), (37, 13), (64, 7)]
@@ -64,7 +72,13 @@ def test_kernel_matches_reference(rows, cols, dtype, rows_per_program, device):
     ref = clone_state(state)
     num_partials = -(-rows // (rows_per_program or rows))
     partials = stats_partials_triton(
-        x, state["hist"], PARAMS, rows_per_program=rows_per_program or rows, out=poisoned_partials(num_partials, cols, device)
+        x,
+        state["hist"],
+        state["centre"],
+        state["exp_offset"],
+        PARAMS,
+        rows_per_program=rows_per_program or rows,
+        out=poisoned_partials(num_partials, cols, device),
     )
     stats_fold_triton(partials, state)
     stats_update_ref(x, ref, PARAMS)
@@ -145,3 +159,102 @@ def test_channel_stats_dispatches_to_kernel(dtype, device):
     tol = TOLERANCES[torch.float32]
     torch.testing.assert_close(kernel.mean, ref.mean, atol=tol["atol"], rtol=tol["rtol"])
     torch.testing.assert_close(kernel.var(), ref.var(), atol=tol["atol"], rtol=tol["rtol"])
+
+
+# ---------------------------------------------------------------------------- calibrated layout
+K_LO, K_HI = PARAMS.exp_offset_range
+
+
+def calibrations(cols: int, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Centres and exponent offsets ``[cols]``: from the data, random, and extreme (huge and tiny
+    centres of both signs, offsets at both ends of the allowed range)."""
+    g = torch.Generator().manual_seed(cols)
+    random_c = (torch.randn(cols, generator=g) * 5.0).float()
+    random_k = torch.randint(-20, 21, (cols,), generator=g).to(torch.int32)
+    extreme_c = torch.tensor([3e38, -3e38, 1e-30, -1e-30, 0.0, 7e4, -1.5], dtype=torch.float32).repeat(cols)[:cols]
+    extreme_k = torch.tensor([K_HI, K_LO, K_LO, K_HI, K_LO, 0, K_HI], dtype=torch.int32).repeat(cols)[:cols]
+    return {
+        "data": calibrate_ref(x, PARAMS),
+        "random": (random_c, random_k),
+        "extreme": (extreme_c, extreme_k),
+    }
+
+
+def calibrated_state(cols: int, centre: torch.Tensor, exp_offset: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
+    state = empty_state(cols, PARAMS, device)
+    state["centre"].copy_(centre)
+    state["exp_offset"].copy_(exp_offset)
+    return state
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's numpy, on ±3e38 centres
+@pytest.mark.parametrize("kind", ["data", "random", "extreme"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("rows,cols", SHAPES)
+def test_kernel_matches_reference_calibrated(rows, cols, dtype, kind, device):
+    """Centred bucketing: histograms bit-identical to the reference on odd shapes, every dtype,
+    with a row mask and NaN / ±Inf / huge / tiny values, for several calibrations."""
+    x = special_data(rows, cols, dtype, device)
+    mask = torch.rand(rows, device=device) > 0.3
+    centre, exp_offset = calibrations(cols, x.float().cpu())[kind]
+    kernel = calibrated_state(cols, centre, exp_offset, device)
+    ref = clone_state(kernel)
+    stats_update_triton(x, kernel, PARAMS, mask, rows_per_program=16)
+    stats_update_ref(x, ref, PARAMS, mask)
+    assert_state_matches(kernel, ref)
+    assert torch.equal(kernel["centre"], ref["centre"]) and torch.equal(kernel["exp_offset"], ref["exp_offset"])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_centred_overflow_to_end_buckets(dtype, device):
+    """x − c overflowing float32 (x = ∓3e38, c = ±3e38) is infinite: the end buckets, as in the
+    reference. (Moments of such data overflow float32 tile sums; only counts are compared.)"""
+    x = torch.tensor([[-3e38, 3e38, 1.0], [3e38, -3e38, -1.0], [0.0, 1e38, 2e38]]).to(dtype).to(device)
+    centre = torch.tensor([3e38, -3e38, -3e38]).to(dtype).float()  # the data's own ±3e38
+    exp_offset = torch.tensor([K_HI, K_LO, 0], dtype=torch.int32)
+    kernel = calibrated_state(3, centre, exp_offset, device)
+    ref = clone_state(kernel)
+    stats_update_triton(x, kernel, PARAMS)
+    stats_update_ref(x, ref, PARAMS)
+    assert torch.equal(kernel["hist"], ref["hist"])
+    # Channel 0 (c = 3e38, window top 2^127): -3e38 − c = -inf and 0 − c = -3e38 underflow, 3e38
+    # is the centre. Channel 1 (c = -3e38): 3e38 − c and 1e38 − c are +inf. Channel 2: all overflow.
+    zero, last = PARAMS.zero_bucket, PARAMS.num_buckets - 1
+    assert (int(ref["hist"][0, 0]), int(ref["hist"][0, zero])) == (2, 1)
+    assert (int(ref["hist"][1, last]), int(ref["hist"][1, zero])) == (2, 1)
+    assert int(ref["hist"][2, last]) == 3
+
+
+def test_bucket_index_and_intervals_agree():
+    """Every value lies in the interval bucket_intervals_ref gives for its bucket, including values
+    on bucket edges, for centred calibrations with several offsets."""
+    g = torch.Generator().manual_seed(0)
+    centre = torch.tensor([0.0, 100.0, -1e4, 3.0], dtype=torch.float32)
+    exp_offset = torch.tensor([0, -3, -7, 2], dtype=torch.int32)
+    edges = bucket_magnitude_edges(PARAMS, exp_offset).float()  # [4, K + 1], exact in float32
+    pick = torch.randint(0, PARAMS.buckets_per_sign + 1, (4, 200), generator=g)
+    on_edges = edges.gather(1, pick)
+    d = torch.cat([on_edges, -on_edges, torch.randn(4, 200, generator=g) * torch.ldexp(torch.ones(4), exp_offset.float())[:, None]], 1)
+    x = (centre[:, None].double() + d.double()).float()
+    idx = bucket_index_ref(x.t(), PARAMS, centre, exp_offset).t()
+    lo, hi = bucket_intervals_ref(idx, exp_offset, PARAMS)
+    dd = (x - centre[:, None]).double()  # the float32 subtraction the bucketing does
+    assert torch.all((lo <= dd) & (dd <= hi))
+    positive = idx > PARAMS.zero_bucket
+    negative = idx < PARAMS.zero_bucket
+    assert torch.all(torch.where(positive, dd < hi, True)) and torch.all(torch.where(negative, dd > lo, True))
+    zero = idx == PARAMS.zero_bucket
+    assert torch.all(torch.where(zero, (dd > lo) & (dd < hi), True))
+
+
+def test_calibrated_bucket_window_follows_the_offset():
+    """|x − c| < 2^(E_lo+k): zero bucket; ≥ 2^(E_hi+k): under/overflow; the first magnitude bucket
+    starts at exactly 2^(E_lo+k)."""
+    p = PARAMS
+    centre = torch.ones(6)
+    k = torch.full((6,), -4, dtype=torch.int32)
+    lo, hi = 2.0 ** (p.exp_min - 4), 2.0 ** (p.exp_max - 4)
+    x = torch.tensor([[1.0 + lo / 2, 1.0 - lo / 2, 1.0 + hi, 1.0 - hi, 1.0 + 2 * lo, 1.0]], dtype=torch.float64)
+    idx = bucket_index_ref(x, p, centre, k)[0]
+    assert idx.tolist() == [p.zero_bucket, p.zero_bucket, p.num_buckets - 1, 0, p.zero_bucket + 1 + (1 << p.mantissa_bits), p.zero_bucket]

@@ -16,7 +16,7 @@ def pipe():
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1,
     ).eval()
-    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler = DDIMScheduler(clip_sample=False, steps_offset=1)
     # Prompt embeddings are passed directly, so no text encoder or tokenizer is needed.
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=tiny_unet(), scheduler=scheduler,

@@ -1,10 +1,13 @@
-"""``sites``: the qualified names of the modules to collect or steer, by preset, pattern or filter."""
+"""``sites``: the qualified names of the modules to collect or steer, by preset, pattern or filter;
+``site_names``: the one reading of a ``sites`` argument across the API (a string is a preset, a
+list is module names)."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -12,6 +15,8 @@ from act_fast.integrations.norms import norm_spec
 from act_fast.integrations.registry import SITE_FAMILIES, describe, model_key
 
 Selector = Callable[[str, nn.Module], bool]
+# A sites argument: a preset name, or module names.
+SiteSpec = str | Sequence[str]
 
 _NUMBERED = re.compile(r"(?:^|\.)\d+(?:\.|$)")
 
@@ -110,3 +115,24 @@ def sites(
         criteria = ", ".join(f"{k}={v!r}" for k, v in (("preset", preset), ("pattern", pattern), ("filter", filter)) if v is not None)
         raise ValueError(f"no module of {describe(model)} matches {criteria}")
     return found
+
+
+def site_names(model: nn.Module, spec: SiteSpec) -> list[str]:
+    """The module names a ``sites`` argument means: a string is a preset of :func:`sites`, a
+    sequence is module names (at least one). A string that is no preset but names a module is read
+    as that one module, with a DeprecationWarning (the first release read strings that way in
+    ``collect``)."""
+    if isinstance(spec, str):
+        if spec not in presets(model) and spec in dict(model.named_modules()):
+            warnings.warn(
+                f"sites={spec!r} names a module, but a string is a preset name; pass [{spec!r}] for one module",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return [spec]
+        return sites(model, spec)
+    if not isinstance(spec, Sequence) or not all(isinstance(s, str) for s in spec):
+        raise TypeError(f"sites must be a preset name or a list of module names, got {type(spec).__name__}")
+    if not spec:
+        raise ValueError("sites is empty: give a preset name or at least one module name")
+    return list(spec)

@@ -1,0 +1,153 @@
+"""``fit``: maps for many sites of a model, from two prompt sets, independently or incrementally."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from act_fast.estimators.closed_form import estimator, fit_map, resolve_support
+from act_fast.estimators.support import Support, support_levels, support_name
+from act_fast.integrations import SiteSpec, site_names
+from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
+from act_fast.modeling import Batch, Hook, progress_bar, run_batches
+from act_fast.stats.collection import collect_into
+from act_fast.stats.pooling import POOLINGS
+from act_fast.steering import steer
+
+# Up to this many pooled samples per side, exact order statistics are cheap: keep the raw rows.
+EXACT_MAX_SAMPLES = 4096
+_LEGACY_POSITIONAL = ("method", "support", "incremental", "pooling")
+
+
+def _rows_in(batches: Sequence[Mapping[str, Any]], pooling: str) -> int:
+    """Pooled rows the batches will give (an upper bound when padding is masked)."""
+    total = 0
+    for batch in batches:
+        t = batch.get("attention_mask", next((v for v in batch.values() if isinstance(v, Tensor)), None))
+        if t is None:
+            return EXACT_MAX_SAMPLES + 1
+        total += t.numel() if pooling == "none" and t.ndim >= 2 else t.shape[0]
+    return total
+
+
+def forward_order(model: nn.Module, sites: Sequence[str], batch: Batch) -> list[str]:
+    """``sites`` sorted by when each module first runs in ``model(**batch)`` (registration order
+    differs from forward order in many models, e.g. Llama's post-attention norm)."""
+    order: list[str] = []
+
+    def record(name: str) -> Hook:
+        return lambda module, args, output: order.append(name) if name not in order else None
+
+    run_batches(model, [batch], {name: record(name) for name in sites})
+    missing = [name for name in sites if name not in order]
+    if missing:
+        raise ValueError(f"sites {missing} did not run in a forward pass of {type(model).__name__}")
+    return order
+
+
+def _legacy_options(args: tuple) -> dict[str, Any]:
+    """``fit(model, source, target, sites, method, support, incremental, pooling)`` positionally (the
+    first release): the options with a DeprecationWarning."""
+    if not args:
+        return {}
+    if len(args) > len(_LEGACY_POSITIONAL):
+        raise TypeError(f"fit takes at most {4 + len(_LEGACY_POSITIONAL)} positional arguments, got {4 + len(args)}")
+    names = _LEGACY_POSITIONAL[: len(args)]
+    warnings.warn(
+        f"passing {', '.join(names)} positionally to fit is deprecated; use keywords ({', '.join(f'{n}=...' for n in names)})",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return dict(zip(names, args))
+
+
+def _fit_independent(model, names, source, target, method, support, std_eps, collect_kw) -> dict[str, AffineMap]:
+    """Every site fitted on the unsteered model: one collection pass per side."""
+    src = collect_into(model, source, names, **collect_kw)
+    tgt = collect_into(model, target, names, **collect_kw)
+    return {name: fit_map(src[name], tgt[name], method, support, std_eps) for name in names}
+
+
+def _fit_incremental(model, names, source, target, method, support, std_eps, collect_kw) -> dict[str, AffineMap]:
+    """Sites in forward order; site ``l`` fitted on activations already transported by the maps
+    of the sites before it (λ = 1), each forward stopped at the site being fitted."""
+    ordered = forward_order(model, names, source[0])
+    maps: dict[str, AffineMap] = {}
+    handles = []
+    try:
+        for name in ordered:
+            src = collect_into(model, source, [name], **collect_kw)
+            tgt = collect_into(model, target, [name], **collect_kw)
+            maps[name] = fit_map(src[name], tgt[name], method, support, std_eps)
+            handles.append(steer(model, {name: maps[name]}, 1.0, mode="op"))
+    finally:
+        for h in handles:
+            h.remove()
+    return maps
+
+
+def fit(
+    model: nn.Module,
+    source_batches: Iterable[Batch],
+    target_batches: Iterable[Batch],
+    sites: SiteSpec,
+    *args: Any,
+    method: str = "linear_act",
+    support: Support | None = None,
+    incremental: bool = True,
+    pooling: str = "mean",
+    std_eps: float = 1e-4,
+    exact: bool | None = None,
+    progress: bool | None = None,
+    **stats_kwargs: Any,
+) -> SteeringMaps:
+    """Fits one map per site from source (has the concept) and target prompt sets.
+
+    Args:
+        model: a transformers / diffusers model or any ``nn.Module`` taking ``model(**batch)``.
+        source_batches, target_batches: iterables of dicts of model inputs (as a tokenizer returns
+            them; ``attention_mask`` marks padding). Iterated once per site when incremental.
+        sites: a preset name for :func:`act_fast.sites` or a list of module names.
+        method, support, std_eps: as :func:`act_fast.fit_map` (``support=None``: the method's
+            default — ``q_0_100`` for Linear-AcT, none for the others).
+        incremental: the AcT reference default: sites in forward order, site ``l`` fitted on
+            activations already transported by the maps of the sites before it (λ = 1) on both
+            prompt sets. False: one pass, every site fitted on the unsteered model.
+        pooling: ``mean`` / ``last`` / ``max`` / ``min`` per prompt, or ``none`` (every token).
+        exact: keep raw pooled rows and use exact order statistics. None: exact when each side
+            has at most ``EXACT_MAX_SAMPLES`` rows, else streaming histograms (memory independent
+            of the number of prompts).
+        progress: one progress bar for the whole fit (None: only when stderr is a terminal).
+        **stats_kwargs: histogram parameters for :class:`act_fast.ChannelStats`.
+
+    Returns:
+        :class:`act_fast.SteeringMaps` in forward order, with the fit's metadata.
+
+    The first release's positional options (``method, support, incremental, pooling`` after
+    ``sites``) still work, with a DeprecationWarning.
+    """
+    options = {"method": method, "support": support, "incremental": incremental, "pooling": pooling, **_legacy_options(args)}
+    method, incremental, pooling = options["method"], options["incremental"], options["pooling"]
+    estimator(method)
+    support = resolve_support(method, options["support"])
+    support_levels(support)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    names = site_names(model, sites)
+    source, target = list(source_batches), list(target_batches)
+    if not source or not target:
+        raise ValueError(f"fit needs batches on both sides, got {len(source)} source and {len(target)} target batches")
+    if exact is None:
+        exact = max(_rows_in(source, pooling), _rows_in(target, pooling)) <= EXACT_MAX_SAMPLES
+    passes = len(names) if incremental else 1
+    with progress_bar(passes * (len(source) + len(target)), "fit", progress) as bar:
+        collect_kw = {"pooling": pooling, "stop_early": True, "bar": bar, "stats_kwargs": {**stats_kwargs, "exact": exact}}
+        run = _fit_incremental if incremental else _fit_independent
+        maps = run(model, names, source, target, method, support, std_eps, collect_kw)
+    model_type, fingerprint = model_fingerprint(model)
+    return SteeringMaps(
+        maps, method=method, support=support_name(support), pooling=pooling, model_type=model_type, model_fingerprint=fingerprint
+    )

@@ -1,0 +1,68 @@
+"""Op mode: any module's output goes through the transport op (a forward hook).
+
+Conv features (``[B, C, *spatial]``) are transported with ``channel_dim=1`` (pooled on each
+plane's mean with ``pool_spatial``), everything else channels last. Under ``torch.no_grad()``
+(inference, outside torch.compile) the output is transported in place when that is safe: a
+contiguous tensor that is no view and shares no memory with the module's inputs, parameters or
+buffers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import act_fast.ops  # noqa: F401  (registers the torch.ops.act_fast custom ops)
+from act_fast.modeling import first_tensor, output_channel_dim, replace_first_tensor
+from act_fast.steering.site import SiteContext, SteeredSite
+
+
+def refuse_op(ctx: SiteContext) -> str | None:
+    """The op mode takes every site."""
+    return None
+
+
+def _shares_memory(out: Tensor, module: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether ``out``'s storage is also held by a tensor input or a parameter / buffer of ``module``."""
+    ptr = out.untyped_storage().data_ptr()
+    held = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)]
+    held += [*module.parameters(), *module.buffers()]
+    return any(t.untyped_storage().data_ptr() == ptr for t in held)
+
+
+def can_write_in_place(out: Tensor, module: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether the transport may overwrite ``out``: no autograd, not tracing, a contiguous tensor
+    that is no view and shares no storage with the module's tensor inputs, parameters or buffers."""
+    return (
+        not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not out.requires_grad
+        and out._base is None
+        and out.is_contiguous()
+        and not _shares_memory(out, module, args, kwargs)
+    )
+
+
+class OpSite(SteeredSite):
+    mode = "op"
+
+    def __init__(self, ctx: SiteContext, *args: Any) -> None:
+        super().__init__(ctx, *args)
+        self.pool_spatial = ctx.pool_spatial
+        self.hooks.append(self.module.register_forward_hook(self.hook, with_kwargs=True))
+
+    def hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        out = first_tensor(output)
+        if out is None:
+            raise ValueError(f"site {self.site!r}: {type(module).__name__} returned no tensor to steer")
+        cd = output_channel_dim(module, out)
+        s, idx = self.runtime(out, cd)
+        bank = self.bank
+        pooled = self.pool_spatial and cd == 1 and out.ndim >= 3
+        if can_write_in_place(out, module, args, kwargs):
+            torch.ops.act_fast.affine_transport_out(out, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, pooled, out)
+            return output
+        y = torch.ops.act_fast.affine_transport(out, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, pooled)
+        return replace_first_tensor(output, y)

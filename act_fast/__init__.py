@@ -20,6 +20,7 @@ from act_fast.estimators import fit, fit_lineas, fit_map, import_reference_maps
 from act_fast.integrations import sites
 from act_fast.maps import AffineMap, SteeringMaps, load_maps
 from act_fast.stats import ChannelStats, collect
+from act_fast.stats.io import load_stats, save_stats
 from act_fast.steering import SteeringHandle, steer
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "fit_map",
     "import_reference_maps",
     "load_maps",
+    "load_stats",
     "ops",
+    "save_stats",
     "sites",
     "steer",
 ]

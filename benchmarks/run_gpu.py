@@ -64,7 +64,7 @@ def merge_configs(old: dict, new: dict, unit: str) -> dict:
         new["figures"] = new["figures"] + kept
         new["summary"] = summarize(new["figures"], unit)
     return new
-from gpubench.timing import Timer  # noqa: E402
+from act_fast.bench.timing import Timer  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

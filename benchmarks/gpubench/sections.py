@@ -18,7 +18,7 @@ import torch
 
 import act_fast as af
 from gpubench import models as M
-from gpubench.timing import Timer, Timing, gbps
+from act_fast.bench.timing import Timer, Timing, gbps
 
 STRENGTH = 0.8
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

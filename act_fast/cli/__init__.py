@@ -7,6 +7,7 @@
 - ``inspect``: a per-site table of a map (or statistics) file, and a PNG across layers.
 - ``bench``: steered vs unsteered prefill and decode tokens/s per steering mode.
 - ``demo``: steer all-MiniLM-L6-v2 (or any causal LM) from one topic to another and measure it.
+- ``build-cpu``: build the compiled CPU kernels ahead of time (:mod:`act_fast.build`).
 
 User errors print one line, ``act-fast COMMAND: error: CAUSE``, and exit with status 2
 (``ACT_FAST_DEBUG=1`` shows the traceback instead).
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 from act_fast.cli.common import CliError, one_line
 
-SUBCOMMANDS = ("collect", "fit", "generate", "inspect", "bench", "demo")
+SUBCOMMANDS = ("collect", "fit", "generate", "inspect", "bench", "demo", "build_cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:

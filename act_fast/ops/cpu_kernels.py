@@ -143,7 +143,7 @@ def library_path() -> Path:
     return cache_root() / "cpu_kernels" / build_key() / f"{LIBRARY_NAME}.so"
 
 
-def _missing_tools() -> str | None:
+def missing_tools() -> str | None:
     """Why a build cannot start here, or None."""
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
@@ -203,7 +203,7 @@ def load(verbose: bool = False, force: bool = False) -> Path:
             return _state.library
         target = library_path()
         if force or not target.is_file():
-            reason = _missing_tools()
+            reason = missing_tools()
             if reason is not None:
                 raise CpuKernelsUnavailable(reason)
             print(f"act_fast: compiling the CPU kernels ({capability()}) into {target.parent} (once; about a minute)",

@@ -45,7 +45,7 @@ def _kernels_or_skip() -> None:
     try:
         cpu_kernels.load()
     except cpu_kernels.CpuKernelsUnavailable as error:
-        missing = cpu_kernels._missing_tools()
+        missing = cpu_kernels.missing_tools()
         if missing is not None:
             pytest.skip(f"compiled CPU kernels cannot be built here: {missing}")
         pytest.fail(f"a compiler and ninja are here but the CPU kernels are unavailable: {error}")
@@ -407,7 +407,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.delenv(cpu_kernels.ENV_SWITCH, raising=False)
     monkeypatch.setattr(cpu_kernels, "_state", cpu_kernels._State())
     monkeypatch.setattr(cpu_kernels, "library_path", lambda: tmp_path / "missing" / "act_fast_cpu.so")
-    monkeypatch.setattr(cpu_kernels, "_missing_tools", lambda: None)
+    monkeypatch.setattr(cpu_kernels, "missing_tools", lambda: None)
 
     def fail(target, verbose):
         raise RuntimeError("Error building extension 'act_fast_cpu'\nfoo.cpp:1: error: simulated failure")

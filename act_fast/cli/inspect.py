@@ -25,20 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _kind(path: Path) -> str:
     """``maps`` or ``stats`` from the file's metadata (errors name the file)."""
-    from safetensors import safe_open
-
+    from act_fast.fileio import read_safetensors
     from act_fast.maps import FORMAT_NAME as MAPS
     from act_fast.stats.io import FORMAT_NAME as STATS
 
-    if path.is_dir():
-        raise CliError(f"{path} is a directory, not a map or statistics file")
-    if not path.exists():
-        raise FileNotFoundError(f"no file at {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-    except Exception as err:  # noqa: BLE001 -- safetensors' own error types
-        raise CliError(f"{path}: not a readable safetensors file (truncated or corrupt?): {common.one_line(err)}") from None
+    meta, _ = read_safetensors(path, "map or statistics file", CliError, tensors=False)
     if MAPS in meta:
         return "maps"
     if STATS in meta:

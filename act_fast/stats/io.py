@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from act_fast._version import __version__
-from act_fast.fileio import atomic_write
+from act_fast.fileio import atomic_write, read_safetensors
 from act_fast.maps import FORMAT_NAME as MAPS_FORMAT_NAME
 from act_fast.maps import model_fingerprint
 from act_fast.stats.channel_stats import ChannelStats
@@ -101,19 +101,7 @@ def save_stats(
 
 def _open(path: Path, *, tensors: bool) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The validated header of a statistics file and (when asked) its tensors."""
-    from safetensors import safe_open
-
-    if path.is_dir():
-        raise StatsFileError(f"{path} is a directory, not a statistics file")
-    if not path.exists():
-        raise FileNotFoundError(f"no statistics file at {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw = f.metadata() or {}
-            data = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}
-    except Exception as err:  # noqa: BLE001 -- safetensors raises its own error types for bad headers/lengths
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise StatsFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {reason}") from None
+    raw, data = read_safetensors(path, "statistics file", StatsFileError, tensors=tensors)
     if FORMAT_NAME not in raw:
         what = "an act_fast map file, not a statistics file" if MAPS_FORMAT_NAME in raw else f"a safetensors file, but not an act_fast statistics file (no '{FORMAT_NAME}' metadata)"
         raise StatsFileError(f"{path}: {what}")

@@ -89,7 +89,7 @@ def test_inspect_a_statistics_file_and_refusals(act, tiny_model, maps_file, tmp_
     rc, _, err = act("inspect", COOKING)
     assert rc == 2 and "not a readable safetensors file" in err
     rc, _, err = act("inspect", tmp_path / "none.safetensors")
-    assert rc == 2 and "no file at" in err
+    assert rc == 2 and "no map or statistics file at" in err
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rc, _, err = act("inspect", maps_file, "--plot", tmp_path / "x.png")
     assert rc == 2 and "inspect --plot needs matplotlib: pip install matplotlib" in err and not (tmp_path / "x.png").exists()

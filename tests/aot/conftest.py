@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from act_fast.ops.aot.compile import DEFAULT_ARCHS, CompileResult
-from act_fast.ops.aot.pipeline import compile_specs, record_workloads
-from act_fast.ops.aot.record import KernelSpec
-from act_fast.ops.aot.workloads import WORKLOADS
+from act_fast.aot.compile import DEFAULT_ARCHS, CompileResult
+from act_fast.aot.pipeline import compile_specs, record_workloads
+from act_fast.aot.record import KernelSpec
+from act_fast.aot.workloads import WORKLOADS
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Every Triton kernel compiled for sm_80 and sm_90 from the specializations the CI workloads
-(:mod:`act_fast.ops.aot.workloads`, production shapes included) launch, without a GPU: it
+(:mod:`act_fast.aot.workloads`, production shapes included) launch, without a GPU: it
 compiles, never spills, does no float64 work on 16/32-bit data, and the hot paths stream their
 bulk tensors with 16-byte accesses (issue 13 item 5). One case per (workload, check, target).
 
@@ -13,10 +13,10 @@ import pkgutil
 import pytest
 
 import act_fast.ops
-from act_fast.ops.aot.checks import CHECKS
-from act_fast.ops.aot.compile import DEFAULT_ARCHS as ARCHS
-from act_fast.ops.aot.record import KernelSpec
-from act_fast.ops.aot.workloads import WORKLOADS
+from act_fast.aot.checks import CHECKS
+from act_fast.aot.compile import DEFAULT_ARCHS as ARCHS
+from act_fast.aot.record import KernelSpec
+from act_fast.aot.workloads import WORKLOADS
 
 _STATS_F64 = (
     "issue 13 item 7: _stats_partial_kernel Chan-merges every tile into float64 running moments "
@@ -114,7 +114,7 @@ def _launched_kernels() -> set[str]:
 
     names = set()
     for info in pkgutil.iter_modules(act_fast.ops.__path__, "act_fast.ops."):
-        if info.name.startswith("act_fast.ops.aot"):
+        if info.name.startswith("act_fast.aot"):
             continue
         module = importlib.import_module(info.name)
         for attr, value in vars(module).items():
@@ -128,7 +128,7 @@ def test_every_kernel_is_compiled(aot_compiled):
     kernels = _launched_kernels()
     assert kernels, "found no Triton kernels in act_fast.ops"
     missing = kernels - {s.kernel for s in specs}
-    assert not missing, f"Triton kernels no CI workload launches (add a workload in act_fast/ops/aot/workloads.py): {sorted(missing)}"
+    assert not missing, f"Triton kernels no CI workload launches (add a workload in act_fast/aot/workloads.py): {sorted(missing)}"
 
 
 def test_production_rows_get_the_vectorizable_specialization(aot_compiled):

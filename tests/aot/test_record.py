@@ -6,9 +6,9 @@ import torch
 from aot_kernels import scale_kernel
 from triton.runtime.jit import JITFunction
 
-from act_fast.ops.aot.compile import compile_spec
-from act_fast.ops.aot.ptx import float64_ops, global_accesses, parse_ptxas_log
-from act_fast.ops.aot.record import KernelSpec, LaunchRecorder
+from act_fast.aot.compile import compile_spec
+from act_fast.aot.ptx import float64_ops, global_accesses, parse_ptxas_log
+from act_fast.aot.record import KernelSpec, LaunchRecorder
 
 DIV16 = [["tt.divisibility", 16]]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from act_fast.ops.aot.checks import CHECKS
-from act_fast.ops.aot.compile import DEFAULT_ARCHS, CompileResult, compile_in_subprocess, load_results
-from act_fast.ops.aot.record import KernelSpec, LaunchRecorder, save_specs, torch_device_for_recording
-from act_fast.ops.aot.workloads import Workload
+from act_fast.aot.checks import CHECKS
+from act_fast.aot.compile import DEFAULT_ARCHS, CompileResult, compile_in_subprocess, load_results
+from act_fast.aot.record import KernelSpec, LaunchRecorder, save_specs, torch_device_for_recording
+from act_fast.aot.workloads import Workload
 
 
 def record_workloads(workloads: Iterable[Workload], device: torch.device | None = None) -> list[KernelSpec]:

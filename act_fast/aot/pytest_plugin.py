@@ -1,11 +1,11 @@
 """pytest plugin: records the specialization of every Triton launch of a test run.
 
-    python -m pytest -p act_fast.ops.aot.pytest_plugin --aot-record specs.json [pytest args]
+    python -m pytest -p act_fast.aot.pytest_plugin --aot-record specs.json [pytest args]
 
 Launches run as usual (the tests check their results); each spec is labelled with the ids of the
 tests that launched it. Without a GPU, ``TRITON_INTERPRET=1`` must be in the environment before
 pytest starts (this plugin is imported before the tests' conftest, and importing it imports
-act_fast): ``python -m act_fast.ops.aot --all`` sets it.
+act_fast): ``python -m act_fast.aot --all`` sets it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise pytest.UsageError("--aot-record without a GPU needs TRITON_INTERPRET=1 in the environment before pytest starts")
-    from act_fast.ops.aot.record import LaunchRecorder
+    from act_fast.aot.record import LaunchRecorder
 
     _recorder = LaunchRecorder(execute=True).__enter__()
 
@@ -48,7 +48,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     global _recorder
     if _recorder is None:
         return
-    from act_fast.ops.aot.record import save_specs
+    from act_fast.aot.record import save_specs
 
     _recorder.__exit__(None, None, None)
     save_specs(_recorder.specs, config.getoption("--aot-record"))

@@ -8,7 +8,7 @@
 This needs the real ``@triton.jit`` kernels, so it must run in a process without
 ``TRITON_INTERPRET=1``; :func:`compile_in_subprocess` starts one:
 
-    python -m act_fast.ops.aot.compile SPECS.json RESULTS.json --arch 80 90 --jobs 2
+    python -m act_fast.aot.compile SPECS.json RESULTS.json --arch 80 90 --jobs 2
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from act_fast.ops.aot.ptx import GlobalAccesses, float64_ops, global_accesses, parse_ptxas_log
-from act_fast.ops.aot.record import KernelSpec, load_specs
+from act_fast.aot.ptx import GlobalAccesses, float64_ops, global_accesses, parse_ptxas_log
+from act_fast.aot.record import KernelSpec, load_specs
 
 DEFAULT_ARCHS = (80, 90)
 
@@ -145,7 +145,7 @@ def compile_in_subprocess(
     root = str(Path(act_fast.__file__).resolve().parent.parent)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [sys.executable, "-m", "act_fast.ops.aot.compile", str(specs_path), str(results_path), "--arch", *map(str, archs)]
+    cmd = [sys.executable, "-m", "act_fast.aot.compile", str(specs_path), str(results_path), "--arch", *map(str, archs)]
     if jobs:
         cmd += ["--jobs", str(jobs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -154,7 +154,7 @@ def compile_in_subprocess(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m act_fast.ops.aot.compile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m act_fast.aot.compile", description=__doc__.split("\n\n")[0])
     p.add_argument("specs", type=Path, help="JSON list of recorded specializations")
     p.add_argument("results", type=Path, help="where to write the JSON list of compile results")
     p.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), help="CUDA compute capabilities (80 = sm_80, 90 = sm_90a)")

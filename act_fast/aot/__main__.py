@@ -1,11 +1,11 @@
-"""``python -m act_fast.ops.aot``: compile this package's Triton kernels for real GPUs, here.
+"""``python -m act_fast.aot``: compile this package's Triton kernels for real GPUs, here.
 
-    python -m act_fast.ops.aot                     # the CI set (~50 specs, ~1 min on 2 cores)
-    python -m act_fast.ops.aot --all               # every spec the test suite launches (slow:
+    python -m act_fast.aot                     # the CI set (~50 specs, ~1 min on 2 cores)
+    python -m act_fast.aot --all               # every spec the test suite launches (slow:
                                                    #   the suite in the interpreter, then ~1,000
                                                    #   compiles; tens of minutes)
-    python -m act_fast.ops.aot --all -- tests/ops  # only what these tests launch
-    python -m act_fast.ops.aot --specs specs.json  # compile a recorded list again
+    python -m act_fast.aot --all -- tests/ops  # only what these tests launch
+    python -m act_fast.aot --specs specs.json  # compile a recorded list again
 
 Writes ``specs.json``, ``results.json`` and ``report.md`` (registers, spills, float64 work,
 access widths, failed checks) under ``--out`` (default: a new temporary folder) and prints the
@@ -31,7 +31,7 @@ def _ensure_dispatch_environment(argv: list[str]) -> None:
     if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
         return
     env = dict(os.environ, TRITON_INTERPRET="1")
-    os.execve(sys.executable, [sys.executable, "-m", "act_fast.ops.aot", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", "act_fast.aot", *argv], env)
 
 
 def _record_test_suite(specs_path: Path, pytest_args: list[str]) -> None:
@@ -41,7 +41,7 @@ def _record_test_suite(specs_path: Path, pytest_args: list[str]) -> None:
     root = Path(act_fast.__file__).resolve().parent.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "act_fast.ops.aot.pytest_plugin", "--aot-record", str(specs_path)]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "act_fast.aot.pytest_plugin", "--aot-record", str(specs_path)]
     cmd += pytest_args or ["tests", "--ignore=tests/aot"]
     print("recording:", " ".join(cmd), flush=True)
     rc = subprocess.run(cmd, cwd=root, env=env).returncode
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     own, pytest_args = argv[:split], argv[split + 1 :]
-    p = argparse.ArgumentParser(prog="python -m act_fast.ops.aot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m act_fast.aot", description=__doc__.split("\n\n")[0])
     source = p.add_mutually_exclusive_group()
     source.add_argument("--all", action="store_true", help="record every launch of the test suite (arguments after -- go to pytest)")
     source.add_argument("--specs", type=Path, help="compile the specializations in this JSON file")
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(own)
     _ensure_dispatch_environment(argv)
 
-    from act_fast.ops.aot.compile import compile_in_subprocess, load_results
-    from act_fast.ops.aot.pipeline import check_all, record_workloads, report
-    from act_fast.ops.aot.record import load_specs, save_specs
-    from act_fast.ops.aot.workloads import WORKLOADS
+    from act_fast.aot.compile import compile_in_subprocess, load_results
+    from act_fast.aot.pipeline import check_all, record_workloads, report
+    from act_fast.aot.record import load_specs, save_specs
+    from act_fast.aot.workloads import WORKLOADS
 
     args.out = args.out or Path(tempfile.mkdtemp(prefix="act_fast_aot_"))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from act_fast.ops.aot.compile import CompileResult
-from act_fast.ops.aot.record import KernelSpec
+from act_fast.aot.compile import CompileResult
+from act_fast.aot.record import KernelSpec
 
 VECTOR_BYTES = 16
 

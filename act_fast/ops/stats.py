@@ -536,7 +536,7 @@ def stats_partials_triton(
     words = layout.words_per_program(params)
     if layout.store == "scratch" and scratch is None:
         scratch = torch.empty(num_partials * column_blocks * words, dtype=torch.int32, device=x.device)
-    mask = row_mask.view(torch.uint8) if row_mask is not None else x
+    mask = row_mask.contiguous().view(torch.uint8) if row_mask is not None else x
     _stats_partial_kernel[(column_blocks, num_partials)](
         x,
         mask,

@@ -99,10 +99,13 @@ def ptx_counts(ptx: str) -> dict[str, object]:
 
 
 def occupancy(arch: int, regs: int, smem: int, warps: int) -> float:
+    """Resident warps / the SM's maximum, from registers (allocated per warp in units of 256) and
+    shared memory (1 KiB reserved per block)."""
     lim = SM_LIMITS[arch]
     threads = warps * 32
-    per_regs = lim["regs"] // (((regs + 7) // 8 * 8) * threads)  # registers allocated in units of 8 per thread (approx.)
-    per_smem = lim["smem"] // max(smem, 1) if smem else lim["blocks"]
+    per_warp = -(-regs * 32 // 256) * 256
+    per_regs = (lim["regs"] // per_warp) // warps
+    per_smem = lim["smem"] // (smem + 1024)
     blocks = min(per_regs, per_smem, lim["threads"] // threads, lim["blocks"])
     return blocks * threads / lim["threads"]
 
@@ -112,13 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     p.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=list(DTYPES))
     p.add_argument("--row-mask", action="store_true", help="launch with a row mask")
-    p.add_argument("--dump", default=None, help="folder to write each kernel's PTX and TTGIR into")
+    p.add_argument("--dump", default=None, help="folder to write each kernel's PTX, TTGIR and cubin into")
+    p.add_argument("--check", action="store_true", help="exit 1 unless every kernel compiles without spills, the partial kernel "
+                   "has no float64 instruction, static + dynamic shared memory fits 48 KiB, and (for 16-divisible C) its global "
+                   "loads are 16 bytes wide (1 byte for the row mask)")
     p.add_argument("--mantissa-bits", type=int, default=5, help="histogram resolution (7: too many buckets for shared memory)")
     p.add_argument("--rows", type=int, default=8192)
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--rows-per-program", type=int, default=None, help="default: the launcher's choice for a CPU tensor (all rows, at most 65,535)")
     args = p.parse_args(argv)
     params = HistogramParams(mantissa_bits=args.mantissa_bits)
+    failures = []
     for dtype in args.dtype:
         x = torch.empty(args.rows, args.cols, dtype=DTYPES[dtype])
         state = empty_state(args.cols, params)
@@ -152,6 +159,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if c["f64_ops"]:
                     print(f"    f64: {c['f64_detail']}")
+                where = f"{kernel.fn.__name__} {dtype} sm_{arch}"
+                if st or ld:
+                    failures.append(f"{where}: spills {st}/{ld} bytes")
+                if kernel.fn.__name__ == "_stats_partial_kernel":
+                    if c["f64_ops"]:
+                        failures.append(f"{where}: {c['f64_ops']} float64 instructions")
+                    if static + smem > 48 * 1024:
+                        failures.append(f"{where}: {static} + {smem} bytes of shared memory (48 KiB without opt-in)")
+                    if args.cols % 16 == 0 and set(c["ld.global"]) - {"16B", "1B"}:
+                        failures.append(f"{where}: global loads {c['ld.global']}")
+    if args.check and failures:
+        print("FAILED:\n" + "\n".join(failures))
+        return 1
     return 0
 
 

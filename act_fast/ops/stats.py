@@ -2,25 +2,27 @@
 
 Two launches per update, no host synchronisation:
 
-1. ``_stats_partial_kernel``, grid ``(cdiv(C, BLOCK_C), P)``: each program reads a chunk of rows
-   of an 8-channel block once, tile by tile (``[BLOCK_R, 8]``, one 16-byte load per row for
-   16-bit input, two for float32; loads run two tiles ahead of the counting).
+1. ``_stats_partial_kernel``, grid ``(cdiv(C, block_c), P)``: each program reads a chunk of rows
+   of a block of ``block_c`` channels (8 at the default resolution) once, tile by tile
+   (``[BLOCK_R, 8]``: one 16-byte load per row for 16-bit input, two for float32; the loads run
+   two tiles ahead of the counting). Nothing crosses threads inside the loop (no barrier).
 
    - **Moments in float32, no division, no float64**: per element it adds ``x − s`` and
      ``(x − s)²`` into per-thread accumulators, with ``s`` a per-channel shift (the mean of the
-     chunk's first tile, so the sums do not cancel for a ``1e4 + N(0, 1e-2)`` channel). Min / max
-     likewise. The accumulators are reduced across threads once per program, at the end.
+     chunk's first tile, so the sums do not cancel for a ``1e4 + N(0, 1e-2)`` channel, centred or
+     not). Min / max likewise. The accumulators are reduced across threads once per program.
    - **Histogram privatised per program**: 16-bit counters (two channels share a 32-bit word), one
-     per (channel, bucket) of the block plus three per channel for NaN, +Inf and -Inf, in static
-     shared memory (``HIST_SHARED``: NVIDIA GPUs, declared and updated with inline PTX because
-     Triton has no shared-memory atomics; ``tl.histogram`` is O(bins) per element) or in a
-     per-program region of a global scratch buffer (``HIST_SCRATCH``: the interpreter and other
-     GPUs; the same code path otherwise). Each finite value is one shared-memory atomic; at the
-     end the program adds its non-zero counts to the int32 pending histogram with one global
-     atomic each (coalesced: consecutive buckets of a channel). Counters are 16-bit, so a program
-     reads at most 65,535 rows. When ``B`` is too large for shared memory (``mantissa_bits ≥ 6``
-     at the default window) the buckets are counted with one global atomic per value instead
-     (``PRIVATE_BUCKETS = False``); NaN / ±Inf stay private.
+     per (channel, bucket) of the block plus, per channel, NaN, +Inf, -Inf and a trash bin that
+     takes unkept entries (masked rows and channels ≥ C load as NaN), so the atomics need no
+     predicate. In static shared memory (``HIST_SHARED``: NVIDIA GPUs, declared and updated with
+     inline PTX because Triton has no shared-memory atomics and ``tl.histogram`` costs O(bins) per
+     value) or in a per-program region of a global scratch buffer (``HIST_SCRATCH``: the
+     interpreter, other GPUs; otherwise the same code). One shared-memory atomic per value; at the
+     end the program adds its non-zero counts to the int32 pending histogram, one global atomic
+     each (coalesced: consecutive buckets of a channel). 16-bit counters bound a program to
+     65,535 rows. Buckets of 8 channels fit :data:`SHARED_HIST_BYTES` up to ``B = 2,556``; finer
+     resolutions use 4 or 2 channels per program, and beyond ``B = 10,236`` one global atomic per
+     value (``PRIVATE_BUCKETS = False``; NaN / ±Inf stay private). See :class:`HistogramLayout`.
    - Non-finite values never enter a statistic but their own count; the finite count is the
      kept rows minus the three non-finite counts, so no per-element counter is needed.
 

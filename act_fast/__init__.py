@@ -3,7 +3,8 @@
 The math, the layers and the file formats are in docs/design.md. Entry points:
 
 - :func:`sites`: the module names to collect or steer (presets per model family, patterns, filters).
-- :func:`collect`: per-site streaming :class:`ChannelStats` from a model over batches.
+- :func:`collect`: per-site streaming :class:`ChannelStats` from a model over batches;
+  :func:`save_stats` / :func:`load_stats` for statistics files.
 - :func:`fit_map`, :func:`fit`, :func:`fit_lineas`: transport maps (Linear/Mean/Gaussian-AcT, AURA,
   mean difference; LinEAS) as :class:`SteeringMaps`; :func:`load_maps` and
   :meth:`SteeringMaps.save` for their safetensors files; :func:`import_reference_maps` for maps
@@ -11,7 +12,11 @@ The math, the layers and the file formats are in docs/design.md. Entry points:
 - :func:`steer`: apply maps inside a model (fold / fused / op per site) with a strength λ, per
   request if wanted; returns a :class:`SteeringHandle`.
 - :mod:`act_fast.ops`: the kernels (``affine_transport``, ``rms_norm_transport``,
-  ``layer_norm_transport``, ``group_norm_transport``) as ``torch.ops.act_fast.*`` custom ops.
+  ``layer_norm_transport``, ``group_norm_transport``) as ``torch.ops.act_fast.*`` custom ops
+  (Triton on CUDA, compiled C++ on CPU, a pure-torch reference).
+- The ``act-fast`` command (:mod:`act_fast.cli`): ``collect`` (torchrun, resumable), ``fit``,
+  ``generate``, ``inspect``, ``bench``, ``demo``, ``build-cpu``; the vLLM plugin
+  (:mod:`act_fast.vllm`).
 """
 
 from act_fast import ops
@@ -20,6 +25,7 @@ from act_fast.estimators import fit, fit_lineas, fit_map, import_reference_maps
 from act_fast.integrations import sites
 from act_fast.maps import AffineMap, SteeringMaps, load_maps
 from act_fast.stats import ChannelStats, collect
+from act_fast.stats.io import load_stats, save_stats
 from act_fast.steering import SteeringHandle, steer
 
 __all__ = [
@@ -34,7 +40,9 @@ __all__ = [
     "fit_map",
     "import_reference_maps",
     "load_maps",
+    "load_stats",
     "ops",
+    "save_stats",
     "sites",
     "steer",
 ]

@@ -12,6 +12,10 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _stale_temporaries(path: Path) -> list[Path]:
@@ -87,3 +91,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def read_safetensors(
+    path: str | os.PathLike, what: str, error: type[Exception], *, tensors: bool = True
+) -> tuple[dict[str, str], dict[str, "torch.Tensor"]]:
+    """``(metadata, tensors)`` of a safetensors file (tensors only when asked), read on the CPU.
+
+    ``what`` names the kind of file for messages (``"map file"``); ``error`` is raised for a folder
+    and for an unreadable file (truncated or corrupt: the first line of safetensors' reason);
+    FileNotFoundError for a missing one.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path} is a directory, not a {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            data = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}
+    except Exception as err:  # safetensors raises its own error types for bad headers and lengths
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise error(f"{path}: not a readable safetensors file (truncated or corrupt?): {reason}") from None
+    return metadata, data

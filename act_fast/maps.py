@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from act_fast._version import __version__
-from act_fast.fileio import atomic_write
+from act_fast.fileio import atomic_write, read_safetensors
 from act_fast.ops.reference import Strength
 from act_fast.ops.transport import affine_transport
 
@@ -225,19 +225,9 @@ def load_maps(path: str | os.PathLike, device: torch.device | str | None = None)
             format version, metadata of the wrong types or listing a site twice, missing or
             misshapen tensors, NaN/Inf values or ``lo > hi``; the message names the file.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    if path.is_dir():
-        raise MapFileError(f"{path} is a directory, not a map file")
-    if not path.is_file():
-        raise FileNotFoundError(f"no map file at {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw_meta = (f.metadata() or {}).get(FORMAT_NAME)
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for bad headers/lengths
-        raise MapFileError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
+    metadata, tensors = read_safetensors(path, "map file", MapFileError)
+    raw_meta = metadata.get(FORMAT_NAME)
     if raw_meta is None:
         raise MapFileError(f"{path}: a safetensors file, but not an act_fast map file (no '{FORMAT_NAME}' metadata)")
     sites, channels, version, meta = _read_metadata(path, raw_meta)

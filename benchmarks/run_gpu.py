@@ -64,13 +64,14 @@ def merge_configs(old: dict, new: dict, unit: str) -> dict:
         new["figures"] = new["figures"] + kept
         new["summary"] = summarize(new["figures"], unit)
     return new
-from gpubench.timing import Timer  # noqa: E402
+from act_fast.bench.timing import Timer  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS))
     p.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat, any device; output named smoke-*")
+    p.add_argument("--headline", action="store_true", help="transport / norm / stats at a few headline shapes only (the 8-minute gpu_check.py)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/, or a temp folder with --smoke)")
     p.add_argument("--name", default=None, help="file stem (default <device-slug>-<date>); runs with the same stem merge")
     p.add_argument("--date", default=None, help="date in the file name (default today)")
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     data = report.load(json_path)
     meta = report.metadata(device, args.smoke, args.commit)
     meta["date"] = date
+    if args.headline:
+        meta["shapes"] = "headline subset (--headline): transport, norm and stats at a few shapes"
     if data.get("meta") and data["meta"].get("device") not in (None, meta["device"]):
         print(f"refusing to merge into {json_path}: it holds results of {data['meta']['device']}", file=sys.stderr)
         return 2

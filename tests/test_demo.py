@@ -53,6 +53,7 @@ def test_split_is_seeded_disjoint_and_complete():
     assert split(sentences, 0.25, seed=4)[1] != held
 
 
+@pytest.mark.slow
 def test_steering_moves_held_out_source_toward_target(result):
     lam0, lam1 = result.rows
     assert lam1.target_fraction > lam0.target_fraction
@@ -63,6 +64,7 @@ def test_steering_moves_held_out_source_toward_target(result):
     assert lam0.cos_source > lam0.cos_target and result.reference.cos_target > result.reference.cos_source
 
 
+@pytest.mark.slow
 def test_strength_zero_is_the_unsteered_model(result, minilm):
     torch.testing.assert_close(result.steered[0.0], result.unsteered, rtol=0, atol=1e-6)
     assert (result.steered[1.0] - result.unsteered).abs().max() > 0.1
@@ -73,6 +75,7 @@ def test_strength_zero_is_the_unsteered_model(result, minilm):
     torch.testing.assert_close(again, result.unsteered, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_result_fits_the_config(result, minilm):
     assert result.sites == af.sites(minilm[1], result.config.sites) and len(result.sites) == 12
     assert set(result.modes) == set(result.sites)
@@ -81,6 +84,7 @@ def test_result_fits_the_config(result, minilm):
     torch.testing.assert_close(result.unsteered.norm(dim=1), torch.ones(42))
 
 
+@pytest.mark.slow
 def test_report_writes_table_json_plot_and_maps(result, tmp_path):
     files = save(result, tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").iterdir()} == {MAPS_FILE, JSON_FILE, PLOT_FILE}
@@ -101,6 +105,7 @@ def test_report_writes_table_json_plot_and_maps(result, tmp_path):
     assert not (tmp_path / "noplot" / PLOT_FILE).exists()
 
 
+@pytest.mark.slow
 def test_cli_demo_end_to_end(minilm, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo_models, "load_minilm", lambda device: minilm)
     rc = cli.main(["demo", "--strengths", "0,1", "--source", "football", "--target", "cooking", "--held-out", "0.8", "--out", str(tmp_path), "--no-plot"])
@@ -164,6 +169,7 @@ def test_generations_unsteered_and_steered(tiny_lm):
     assert shown[3].startswith("     λ=1.00 | The best part")
 
 
+@pytest.mark.slow
 def test_cli_causal_lm_path(tiny_lm, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo_models, "load_causal_lm", lambda name, device: tiny_lm)
     rc = cli.main(["demo", "--model", "tiny/llama", "--strengths", "0,1", "--gen-strengths", "1", "--max-new-tokens", "4",

@@ -144,3 +144,13 @@ def tiny_inputs(model, batch: int = 2, generator: torch.Generator | None = None)
 def unet_batches(generator: torch.Generator, shift: float, batch: int, n_batches: int):
     """UNet inputs: latents ``[batch, 4, 8, 8]`` shifted by ``shift``, timestep 10, text ``[batch, 5, 8]``."""
     return [_unet_inputs(batch, generator, shift) for _ in range(n_batches)]
+
+
+def model_output(model, inputs: dict) -> torch.Tensor:
+    """The main output tensor of a forward without gradients: logits, last hidden state or sample."""
+    with torch.no_grad():
+        out = model(**inputs)
+    for key in ("logits", "last_hidden_state", "sample"):
+        if hasattr(out, key):
+            return getattr(out, key)
+    return out[0]

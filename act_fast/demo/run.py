@@ -106,7 +106,13 @@ class DemoResult:
 
 
 def run_demo(
-    tokenizer: Any, model: nn.Module, config: DemoConfig = DemoConfig(), *, model_name: str = "model", token_type_ids: bool = True
+    tokenizer: Any,
+    model: nn.Module,
+    config: DemoConfig = DemoConfig(),
+    *,
+    model_name: str = "model",
+    token_type_ids: bool = True,
+    maps: SteeringMaps | None = None,
 ) -> DemoResult:
     """Fits Linear-AcT maps (incremental) from ``config.source`` to ``config.target`` sentences on
     ``model``, steers it at each strength and scores the held-out source sentences.
@@ -117,6 +123,7 @@ def run_demo(
         config: topics, λ grid, sites, support, split.
         model_name: for the report.
         token_type_ids: pass ``token_type_ids`` to the model (BERT-like encoders).
+        maps: maps fitted earlier (e.g. this demo's ``maps.safetensors``): used instead of fitting.
     """
     seconds: dict[str, float] = {}
     device = next(model.parameters()).device
@@ -129,11 +136,11 @@ def run_demo(
         return tokenize(tokenizer, sentences, config.batch_size, device, token_type_ids=token_type_ids)
 
     fit_src_b, fit_tgt_b, held_src_b, held_tgt_b = map(batches, (fit_src, fit_tgt, held_src, held_tgt))
-    sites = af.sites(model, config.sites)
-
     start = time.perf_counter()
-    maps = af.fit(model, fit_src_b, fit_tgt_b, sites, method="linear_act", support=config.support, incremental=True, progress=config.progress)
-    seconds["fit"] = time.perf_counter() - start
+    if maps is None:
+        sites = af.sites(model, config.sites)
+        maps = af.fit(model, fit_src_b, fit_tgt_b, sites, method="linear_act", support=config.support, incremental=True, progress=config.progress)
+        seconds["fit"] = time.perf_counter() - start
 
     start = time.perf_counter()
     emb_fit_src, emb_fit_tgt = embed(model, fit_src_b), embed(model, fit_tgt_b)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from act_fast.ops import checks
+from act_fast.ops import checks, cpu_kernels
 from act_fast.ops.backend import HAS_TRITON, implementation
 from act_fast.ops.backward import norm_transport_backward
 from act_fast.ops.reference import Strength, compute_dtype, group_norm_transport_ref
@@ -118,10 +118,13 @@ def _group_norm_transport_op(
     eps: float,
     pool_spatial: bool,
 ) -> Tensor:
-    if implementation(x) == "triton":
+    impl = implementation(x)
+    if impl == "triton":
         return group_norm_transport_triton(
             x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial
         )
+    if impl == "cpu":
+        return cpu_kernels.group_norm_transport(x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial)
     s: Strength = scalar_strength if strength is None else strength
     return group_norm_transport_ref(
         x, num_groups, norm_weight, norm_bias, weight, bias, s, lo, hi,

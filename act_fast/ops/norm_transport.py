@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from act_fast.ops import checks
+from act_fast.ops import checks, cpu_kernels
 from act_fast.ops.backend import HAS_TRITON, implementation
 from act_fast.ops.backward import norm_transport_backward
 from act_fast.ops.reference import Strength, layer_norm_transport_ref, rms_norm_transport_ref
@@ -248,11 +248,14 @@ def _rms_norm_transport_op(
     weight_offset: float,
     cast_before_scale: bool,
 ) -> Tensor:
-    if implementation(x) == "triton":
+    impl = implementation(x)
+    if impl == "triton":
         return norm_transport_triton(
             x, norm_weight, None, weight, bias, strength, scalar_strength, lo, hi, map_index,
             rms=True, eps=eps, weight_offset=weight_offset, cast_before_scale=cast_before_scale,
         )
+    if impl == "cpu":
+        return cpu_kernels.rms_norm_transport(x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, weight_offset, cast_before_scale)
     s: Strength = scalar_strength if strength is None else strength
     return rms_norm_transport_ref(
         x, norm_weight, weight, bias, s, lo, hi, eps=eps, weight_offset=weight_offset,
@@ -274,10 +277,13 @@ def _layer_norm_transport_op(
     map_index: Tensor | None,
     eps: float,
 ) -> Tensor:
-    if implementation(x) == "triton":
+    impl = implementation(x)
+    if impl == "triton":
         return norm_transport_triton(
             x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, rms=False, eps=eps
         )
+    if impl == "cpu":
+        return cpu_kernels.layer_norm_transport(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps)
     s: Strength = scalar_strength if strength is None else strength
     return layer_norm_transport_ref(x, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps, map_index=map_index).contiguous()
 

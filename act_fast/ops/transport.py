@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from act_fast.ops import checks
+from act_fast.ops import checks, cpu_kernels
 from act_fast.ops.backend import HAS_TRITON, implementation
 from act_fast.ops.backward import transport_backward
 from act_fast.ops.reference import Strength, affine_transport_ref, compute_dtype
@@ -320,6 +320,8 @@ def _transport_impl(
     impl = implementation(x)
     if impl == "triton":
         return affine_transport_triton(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, out)
+    if impl == "cpu":
+        return cpu_kernels.affine_transport(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, out)
     s: Strength = scalar_strength if strength is None else strength
     y = affine_transport_ref(x, weight, bias, s, lo, hi, channel_dim=channel_dim, pool_spatial=pool_spatial, map_index=map_index)
     return y.contiguous() if out is None else out.copy_(y)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from act_fast.modeling import Batch, first_tensor, progress_bar, run_batches
+from act_fast.modeling import Batch, first_tensor, output_channel_dim, progress_bar, run_batches
 from act_fast.integrations import SiteSpec, site_names
 from act_fast.stats.channel_stats import ChannelStats
 from act_fast.stats.pooling import POOLINGS, as_tokens, pool
@@ -24,8 +24,9 @@ def site_rows(output: Any, mask: Tensor | None, pooling: str, site: str, module:
     out = first_tensor(output)
     if out is None or not out.is_floating_point():
         raise ValueError(f"site {site!r}: module {type(module).__name__} returned no floating-point tensor")
-    tokens = as_tokens(out, site)
-    if mask is not None and out.ndim != 3:
+    channel_dim = output_channel_dim(module, out)
+    tokens = as_tokens(out, site, channel_dim)
+    if mask is not None and (out.ndim != 3 or channel_dim == 1):
         mask = None
     if mask is not None and tuple(mask.shape) != tuple(tokens.shape[:2]):
         raise ValueError(

@@ -12,15 +12,16 @@ from torch import Tensor
 POOLINGS = ("mean", "last", "max", "min", "none")
 
 
-def as_tokens(out: Tensor, site: str) -> Tensor:
-    """A module output as ``[B, T, C]``: ``[B, T, C]`` as is, ``[B, C]`` as one token per row,
-    conv features ``[B, C, *spatial]`` as ``[B, H·W…, C]`` (pooling then runs over space)."""
+def as_tokens(out: Tensor, site: str, channel_dim: int) -> Tensor:
+    """A module output as ``[B, T, C]``: channels-last ``[B, T, C]`` as is, ``[B, C]`` as one token
+    per row, conv features (``channel_dim == 1``: ``[B, C, *spatial]``, see
+    :func:`act_fast.modeling.output_channel_dim`) as ``[B, H·W…, C]`` (pooling then runs over space)."""
+    if out.ndim >= 3 and channel_dim == 1:
+        return out.flatten(2).transpose(1, 2)
     if out.ndim == 3:
         return out
     if out.ndim == 2:
         return out[:, None, :]
-    if out.ndim >= 4:
-        return out.flatten(2).transpose(1, 2)
     raise ValueError(f"site {site!r}: cannot pool an output of shape {list(out.shape)}; expected [B, C], [B, T, C] or [B, C, H, W]")
 
 

@@ -18,7 +18,7 @@ import torch
 
 import act_fast as af
 from gpubench import models as M
-from gpubench.timing import Timer, Timing, gbps
+from act_fast.bench.timing import Timer, Timing, gbps
 
 STRENGTH = 0.8
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -66,6 +66,14 @@ class Ctx:
             self.results["copy"] = section_copy(self)
             copy = self.results["copy"]["summary"]
         return copy["copy_GBps"]
+
+
+def _cases(ctx: Ctx, smoke, headline, full):
+    """The shapes of a kernel section: tiny with ``--smoke``, a few with ``--headline`` (the
+    8-minute GPU check, :mod:`gpu_check`), else the full benchmark's."""
+    if ctx.smoke:
+        return smoke
+    return headline if getattr(ctx.args, "headline", False) else full
 
 
 def _t(timing: Timing | None) -> dict[str, Any] | None:
@@ -117,14 +125,14 @@ def _map_vectors(C: int, device: str, support: bool = True, seed: int = 0):
 def section_transport(ctx: Ctx) -> dict:
     """``affine_transport`` on ``[tokens, C]`` (bf16, fp16, fp32) and on SDXL conv features."""
     copy = ctx.copy_gbps()
-    if ctx.smoke:
-        channels, token_counts = (64, 96), (1, 16, 256)
-        planes = [(2, 32, 16, 16), (2, 64, 8, 8)]
-    else:
-        channels, token_counts = (2304, 4096, 8192), (1, 16, 256, 4096, 16384, 65536)
-        planes = [(2, 320, 128, 128), (2, 640, 64, 64), (2, 1280, 32, 32)]
+    channels, token_counts, planes, dtypes = _cases(
+        ctx,
+        ((64, 96), (1, 16, 256), [(2, 32, 16, 16), (2, 64, 8, 8)], DTYPES),
+        ((4096,), (1, 4096, 65536), [(2, 320, 128, 128)], {k: DTYPES[k] for k in ("bf16", "fp32")}),
+        ((2304, 4096, 8192), (1, 16, 256, 4096, 16384, 65536), [(2, 320, 128, 128), (2, 640, 64, 64), (2, 1280, 32, 32)], DTYPES),
+    )
     figures, errors = [], []
-    for dname, dtype in DTYPES.items():
+    for dname, dtype in dtypes.items():
         for C in channels:
             w, b, lo, hi = _map_vectors(C, ctx.device)
             for tokens in token_counts:
@@ -145,7 +153,7 @@ def section_transport(ctx: Ctx) -> dict:
             ctx.log(f"  transport {dname} C={C}: " + ", ".join(
                 f"{f['tokens']}:{f['fraction_of_copy']:.0%}" for f in figures if f["dtype"] == dname and f["C"] == C))
     # largest bf16 shape without support and with a per-row λ (what steer uses for per-request strength)
-    C, tokens = channels[1], token_counts[-1]
+    C, tokens = channels[min(1, len(channels) - 1)], token_counts[-1]
     w, b, lo, hi = _map_vectors(C, ctx.device)
     x = torch.randn(tokens, C, device=ctx.device).to(torch.bfloat16)
     lam = torch.full((tokens,), STRENGTH, device=ctx.device)
@@ -190,11 +198,13 @@ def section_norm(ctx: Ctx) -> dict:
     norm-only floor), the transformers eager LlamaRMSNorm, and torch's F.rms_norm."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    if ctx.smoke:
-        cases = [(16, 64, "bf16"), (256, 96, "bf16"), (256, 64, "fp32")]
-    else:
-        cases = [(1, 4096, "bf16"), (256, 4096, "bf16"), (4096, 4096, "bf16"), (16384, 4096, "bf16"),
-                 (65536, 4096, "bf16"), (16384, 8192, "bf16"), (65536, 4096, "fp32")]
+    cases = _cases(
+        ctx,
+        [(16, 64, "bf16"), (256, 96, "bf16"), (256, 64, "fp32")],
+        [(1, 4096, "bf16"), (16384, 4096, "bf16"), (65536, 4096, "bf16")],
+        [(1, 4096, "bf16"), (256, 4096, "bf16"), (4096, 4096, "bf16"), (16384, 4096, "bf16"),
+         (65536, 4096, "bf16"), (16384, 8192, "bf16"), (65536, 4096, "fp32")],
+    )
     figures, errors = [], []
     for tokens, C, dname in cases:
         dtype = DTYPES[dname]
@@ -237,8 +247,12 @@ def section_norm(ctx: Ctx) -> dict:
 # ============================================================================ statistics
 def section_stats(ctx: Ctx) -> dict:
     """``ChannelStats.update`` vs a read-once reduction (``torch.sum(x, 0, dtype=float32)``)."""
-    cases = [(512, 64, "bf16"), (512, 64, "fp32")] if ctx.smoke else [
-        (16384, 4096, "bf16"), (65536, 4096, "bf16"), (16384, 4096, "fp32"), (4096, 14336, "bf16")]
+    cases = _cases(
+        ctx,
+        [(512, 64, "bf16"), (512, 64, "fp32")],
+        [(65536, 4096, "bf16"), (16384, 4096, "fp32")],
+        [(16384, 4096, "bf16"), (65536, 4096, "bf16"), (16384, 4096, "fp32"), (4096, 14336, "bf16")],
+    )
     figures, errors = [], []
     for rows, C, dname in cases:
         try:

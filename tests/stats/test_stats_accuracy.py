@@ -282,16 +282,6 @@ def centred_mean_of_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def centred_mean_of_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``mean((a − mean a)(b − mean b))`` per column with exactly rounded sums (math.fsum): float64."""
-    out = []
-    for c in range(a.shape[1]):
-        x, y = a[:, c].tolist(), b[:, c].tolist()
-        mx, my = math.fsum(x) / len(x), math.fsum(y) / len(y)
-        out.append(math.fsum((u - mx) * (v - my) for u, v in zip(x, y)) / len(x))
-    return torch.tensor(out, dtype=torch.float64)
-
-
 def test_centred_covariance_exact_mode_large_mean():
     """Mean 1e4, sd 1e-2: the exact-mode Linear-AcT weight from the centred cross moment equals the
     exactly rounded centred reference to 1e-9 (E[Q_s Q_t] − m_s m_t was 1.9e-4 off)."""

@@ -59,6 +59,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, exact: bool, calibra
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exact", [False, True])
 def test_all_reduce_equals_single_process(exact, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), exact, True), nprocs=2, join=True)
@@ -81,6 +82,7 @@ def test_all_reduce_equals_single_process(exact, tmp_path):
             assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_all_reduce_refuses_ranks_calibrated_apart(tmp_path):
     """Without calibrate(group=...), each rank calibrates on its own first batch: the collective
     check in all_reduce refuses on every rank (none hangs) and says what to do."""
@@ -120,6 +122,7 @@ def _collect_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_collect_with_a_group_merges_exactly(tmp_path):
     """Two ranks collecting interleaved shards with collect(group=...) and all_reduce give the
     histograms and counts of one process collecting every batch (rank 0's first batch is the global

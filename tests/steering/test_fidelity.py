@@ -8,6 +8,7 @@ import pytest
 import torch
 from random_maps import random_maps
 from tiny_models import CAUSAL_LM_TYPES, DIFFUSERS_FACTORIES, tiny_bert, tiny_causal_lm, tiny_inputs
+from tiny_models import model_output as output
 import tiny_models
 
 import act_fast as af
@@ -30,13 +31,6 @@ def build(kind: str, dtype: torch.dtype):
     return model.to(dtype)
 
 
-def output(model, inputs):
-    with torch.no_grad():
-        out = model(**inputs)
-    for key in ("logits", "last_hidden_state", "sample"):
-        if hasattr(out, key):
-            return getattr(out, key)
-    return out[0]
 
 
 def half_inputs(model, dtype, batch=3):

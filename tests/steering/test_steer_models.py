@@ -5,6 +5,7 @@ import pytest
 import torch
 from random_maps import random_maps
 from tiny_models import CAUSAL_LM_TYPES, DIFFUSERS_FACTORIES, tiny_bert, tiny_causal_lm, tiny_inputs
+from tiny_models import model_output as output
 import tiny_models
 from tolerances import assert_close
 
@@ -21,13 +22,6 @@ def build(kind: str):
     return getattr(tiny_models, kind)()
 
 
-def output(model, inputs):
-    with torch.no_grad():
-        out = model(**inputs)
-    for key in ("logits", "last_hidden_state", "sample"):
-        if hasattr(out, key):
-            return getattr(out, key)
-    return out[0]
 
 
 def steered_sites(model):
@@ -79,6 +73,7 @@ def test_fold_fused_op_agree(case):
         assert_close(output(model, inputs), results["op"])
 
 
+@pytest.mark.slow
 def test_compile_parity_without_recompiles(case):
     from torch._dynamo.testing import CompileCounterWithBackend
 

@@ -1,6 +1,7 @@
 """Timing: warm-up, then the median of repeated runs, with CUDA events on a GPU.
 
-Every figure of the GPU script goes through :class:`Timer`:
+Every figure of the GPU benchmark script (``benchmarks/run_gpu.py``) and of ``act-fast bench``
+goes through :class:`Timer`:
 
 - ``Timer.run(fn)``: ``warmup`` calls, a synchronisation, then ``repeats`` timed runs, each of
   ``inner`` back-to-back calls between two CUDA events (host launch overhead included, as a
@@ -9,7 +10,7 @@ Every figure of the GPU script goes through :class:`Timer`:
 - ``Timer.graph(fn)``: the same ``inner`` calls captured once in a CUDA graph and replayed:
   device time without Python/launch overhead (what a CUDA-graphed decode step pays). CUDA only.
 
-On CPU (``--smoke``) the same code runs with ``time.perf_counter`` around each run.
+Off CUDA the same code runs with ``time.perf_counter`` around each run.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class Timing:
 
 
 def synchronize(device: str) -> None:
-    if device == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
 class Timer:
     def __init__(self, device: str, warmup: int = 3, repeats: int = 20, min_run_ms: float = 2.0, max_inner: int = 200):
-        self.device = device
+        self.device = torch.device(device).type  # "cuda:1" times like "cuda" (events on the current device)
         self.warmup = max(0, warmup)
         self.repeats = max(1, repeats)
         self.min_run_ms = min_run_ms

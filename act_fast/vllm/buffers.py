@@ -1,0 +1,63 @@
+"""Per-token λ and map-slot buffers, filled once per scheduler step.
+
+vLLM runs every scheduled token of every request as one flattened batch ``[num_tokens, C]``,
+request after request (each request's tokens contiguous), possibly followed by padding tokens.
+The buffers hold one λ and one map slot per token; the steered modules read ``buffer[:num_tokens]``.
+They are allocated once, at their maximum size, so their addresses never change (CUDA graphs and
+compiled graphs capture them). Invariant between steps: every entry past the current step's real
+tokens is 0 (λ = 0, slot 0 = identity), so padding and dummy runs are unsteered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class TokenControl:
+    """``strength``: float32 ``[max_tokens]``; ``map_index``: int32 ``[max_tokens]``, on ``device``."""
+
+    def __init__(self, max_tokens: int, device: torch.device) -> None:
+        self.max_tokens = int(max_tokens)
+        self.device = torch.device(device)
+        self.strength = torch.zeros(self.max_tokens, dtype=torch.float32, device=self.device)
+        self.map_index = torch.zeros(self.max_tokens, dtype=torch.int32, device=self.device)
+        self._written = 0  # entries [0, _written) may be non-zero
+
+    def fill(self, slots: np.ndarray, strengths: np.ndarray, tokens_per_request: np.ndarray) -> None:
+        """Writes one step: request ``r`` (in batch order) gets ``slots[r]`` and ``strengths[r]`` on
+        its ``tokens_per_request[r]`` consecutive tokens; the rest of the buffers is reset to 0.
+
+        Nothing is copied when the step and the previous one are both wholly unsteered.
+        """
+        counts = np.asarray(tokens_per_request, dtype=np.int64)
+        n = int(counts.sum())
+        if n > self.max_tokens:
+            raise ValueError(f"act_fast: a step of {n} tokens exceeds the steering buffers ({self.max_tokens} tokens, max_num_batched_tokens)")
+        steered = bool(np.any(slots)) or bool(np.any(strengths))
+        if not steered:
+            self._reset(0)
+            return
+        per_token_slot = np.repeat(np.asarray(slots, dtype=np.int32), counts)
+        per_token_strength = np.repeat(np.asarray(strengths, dtype=np.float32), counts)
+        self._copy(self.map_index, per_token_slot)
+        self._copy(self.strength, per_token_strength)
+        self._reset(n)
+        self._written = n
+
+    def _reset(self, start: int) -> None:
+        if self._written > start:
+            self.strength[start : self._written].zero_()
+            self.map_index[start : self._written].zero_()
+        self._written = min(self._written, start)
+
+    def _copy(self, dst: Tensor, values: np.ndarray) -> None:
+        src = torch.from_numpy(values)
+        if self.device.type == "cuda":
+            # Stream-ordered after the previous step's kernels; the pinned staging buffer comes from
+            # the caching host allocator, which keeps it alive until the copy has run.
+            src = src.pin_memory()
+            dst[: src.numel()].copy_(src, non_blocking=True)
+        else:
+            dst[: src.numel()].copy_(src)

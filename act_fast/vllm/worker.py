@@ -1,0 +1,160 @@
+"""Steering inside a vLLM worker: installed after the model is loaded, buffers filled every step.
+
+vLLM 0.32 has two model runners, and both are hooked on their instance (no class is changed):
+
+- **V1** (``vllm.v1.worker.gpu_model_runner.GPUModelRunner``; the CPU runner subclasses it, and it
+  is what vLLM uses on CPU): ``_prepare_inputs(scheduler_output, num_scheduled_tokens)`` lays the
+  step's tokens out in ``input_batch.req_ids`` order.
+- **V2** (``vllm.v1.worker.gpu.model_runner.GPUModelRunner``, vLLM's default on GPU):
+  ``prepare_inputs(...)`` returns an ``InputBatch`` whose ``req_ids`` / ``num_scheduled_tokens``
+  give the layout.
+
+In both, ``execute_model(scheduler_output, ...)`` is wrapped to learn each new request's
+``sampling_params.extra_args`` and forget finished requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from vllm.logger import init_logger
+
+from act_fast.vllm.buffers import TokenControl
+from act_fast.vllm.config import DIGEST_FIELD, CONFIG_KEY, EngineSteeringConfig, load_map_sets, maps_digest
+from act_fast.vllm.requests import RequestSteeringError, validate_request
+from act_fast.vllm.sites import install_sites, plan_sites
+
+logger = init_logger("vllm.act_fast")  # under "vllm" so that vLLM's log handler prints it
+
+
+class UnsupportedEngineError(ValueError):
+    """An engine configuration under which per-token steering would be applied to the wrong tokens."""
+
+
+def _check_engine(vllm_config: Any, runner: Any) -> None:
+    """Refuses configurations whose forward does not see the step's tokens as one batch laid out
+    request after request (micro-batching, prefill context parallelism, pipeline stages, adaptive
+    draft verification), and Inductor freezing, which would bake λ into the compiled graph."""
+    parallel = vllm_config.parallel_config
+    problems = []
+    if getattr(parallel, "use_ubatching", False):
+        problems.append("micro-batching (enable_dbo / ubatch_size > 1)")
+    if getattr(parallel, "prefill_context_parallel_size", 1) > 1:
+        problems.append("prefill context parallelism")
+    if getattr(parallel, "pipeline_parallel_size", 1) > 1:
+        problems.append("pipeline parallelism")
+    if getattr(runner, "adaptive_verification", None) is not None:
+        problems.append("adaptive speculative verification")
+    inductor = getattr(vllm_config.compilation_config, "inductor_compile_config", None) or {}
+    if inductor.get("freezing") or (inductor.get("max_autotune") and vllm_config.device_config.device.type == "cpu"):
+        problems.append("Inductor freezing (max_autotune on CPU), which would fold the steering buffers into constants")
+    if problems:
+        raise UnsupportedEngineError(f"act_fast steering does not support {', '.join(problems)}")
+
+
+class WorkerSteering:
+    """The engine's map sets installed in the worker's model, and the per-request state."""
+
+    def __init__(self, config: EngineSteeringConfig, control: TokenControl) -> None:
+        self.set_names = config.set_names
+        self.control = control
+        self.requests: dict[str, tuple[int, float]] = {}  # req_id -> (slot, λ) of steered requests
+
+    def track(self, scheduler_output: Any) -> None:
+        """Learns the step's new requests and forgets the finished ones."""
+        for new in getattr(scheduler_output, "scheduled_new_reqs", ()):
+            params = getattr(new, "sampling_params", None)
+            extra = getattr(params, "extra_args", None) if params is not None else None
+            try:
+                slot, strength = validate_request(extra, self.set_names)
+            except RequestSteeringError as err:  # the front end rejects these; never fail a step here
+                logger.warning("act_fast: request %s runs unsteered: %s", new.req_id, err)
+                slot, strength = 0, 0.0
+            if slot:
+                self.requests[new.req_id] = (slot, strength)
+            else:
+                self.requests.pop(new.req_id, None)
+        for req_id in getattr(scheduler_output, "finished_req_ids", ()):
+            self.requests.pop(req_id, None)
+
+    def fill(self, req_ids: list[str], tokens_per_request: np.ndarray) -> None:
+        """Per-token λ and slot for a step whose requests run in ``req_ids`` order."""
+        num = len(tokens_per_request)
+        slots = np.zeros(num, dtype=np.int32)
+        strengths = np.zeros(num, dtype=np.float32)
+        if self.requests:
+            for i, req_id in enumerate(req_ids[:num]):
+                slot, strength = self.requests.get(req_id, (0, 0.0))
+                slots[i], strengths[i] = slot, strength
+        self.control.fill(slots, strengths, tokens_per_request)
+
+
+def _hook_v1(runner: Any, steering: WorkerSteering) -> None:
+    prepare = runner._prepare_inputs
+
+    def _prepare_inputs(scheduler_output: Any, num_scheduled_tokens: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        steering.fill(list(runner.input_batch.req_ids), num_scheduled_tokens)
+        return prepare(scheduler_output, num_scheduled_tokens, *args, **kwargs)
+
+    runner._prepare_inputs = _prepare_inputs
+
+
+def _hook_v2(runner: Any, steering: WorkerSteering) -> None:
+    prepare = runner.prepare_inputs
+
+    def prepare_inputs(*args: Any, **kwargs: Any) -> Any:
+        batch = prepare(*args, **kwargs)
+        steering.fill(list(batch.req_ids), np.asarray(batch.num_scheduled_tokens)[: batch.num_reqs])
+        return batch
+
+    runner.prepare_inputs = prepare_inputs
+
+
+def _hook_execute(runner: Any, steering: WorkerSteering) -> None:
+    execute = runner.execute_model
+
+    def execute_model(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("dummy_run", False):
+            steering.track(scheduler_output)
+        return execute(scheduler_output, *args, **kwargs)
+
+    runner.execute_model = execute_model
+
+
+def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfig) -> WorkerSteering:
+    """Loads and checks the map sets, installs them in ``runner.model`` and hooks the runner.
+
+    Must run after the model is loaded and before its first forward (vLLM compiles it then).
+
+    Raises:
+        SteeringConfigError: a map file is missing or damaged (names the file).
+        SiteError: maps that do not fit the model (names the file and the site).
+        UnsupportedEngineError: an engine configuration steering cannot follow.
+        TypeError: a model runner this version of act_fast does not know.
+    """
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as RunnerV2
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner as RunnerV1
+
+    if not isinstance(runner, (RunnerV1, RunnerV2)):
+        raise TypeError(f"act_fast steering supports vLLM's V1 and V2 model runners, not {type(runner).__qualname__}")
+    _check_engine(vllm_config, runner)
+    map_sets = load_map_sets(config)
+    model = runner.get_model()
+    plans = plan_sites(model, map_sets, {n: str(p) for n, p in config.map_files.items()}, vllm_config.model_config.get_hidden_size())
+    device = next(model.parameters()).device
+    control = TokenControl(runner.max_num_tokens, device)
+    install_sites(model, plans, map_sets, control)
+    steering = WorkerSteering(config, control)
+    _hook_execute(runner, steering)
+    (_hook_v2 if isinstance(runner, RunnerV2) else _hook_v1)(runner, steering)
+    # vLLM keys its compile cache on the config hash, which covers additional_config: make that
+    # hash depend on the maps' contents, not only on their paths.
+    entry = {**vllm_config.additional_config[CONFIG_KEY], DIGEST_FIELD: maps_digest(config)}
+    vllm_config.additional_config = {**vllm_config.additional_config, CONFIG_KEY: entry}
+    modes = {p.mode for p in plans}
+    logger.info(
+        "act_fast: steering %d sites (%s) with map sets %s; per-token buffers for %d tokens",
+        len(plans), ", ".join(f"{sum(p.mode == m for p in plans)} {m}" for m in sorted(modes)), list(config.set_names), control.max_tokens,
+    )
+    return steering

@@ -1,0 +1,269 @@
+// Shared pieces of the act_fast CPU kernels: vector loads and stores that convert to and from
+// float32, rounding to the input dtype, the per-element affine map, and the map / strength
+// arguments of the transport ops prepared once per call.
+//
+// Every kernel computes in float32 (float64 input never reaches these kernels: the Python side
+// runs the pure-torch reference for it) with the reference's operations in the reference's order,
+// one rounding per operation. The library is compiled with -ffp-contract=off, so no multiply-add
+// is fused and results are bit-identical to act_fast/ops/reference.py.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace act_fast_cpu {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kVec = Vec::size();
+// Elements per loop step: two float vectors (one Vectorized<BFloat16> / <Half>).
+constexpr int64_t kStep = 2 * kVec;
+// Elements of one block of rows (or planes) that a thread reduces and then writes while the block
+// is still in its L2 cache.
+constexpr int64_t kBlockElements = 65536;
+
+// This thread's float32 work buffer of at least n values (kept between calls: no allocation per
+// block).
+inline float* scratch(int64_t n) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// Loads n (1..kStep) elements starting at p as two float vectors; lanes past n are zero.
+template <typename T>
+inline void load2(const T* p, int64_t n, Vec& a, Vec& b) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n == kStep) {
+      a = Vec::loadu(p);
+      b = Vec::loadu(p + kVec);
+    } else {
+      a = Vec::loadu(p, std::min(n, kVec));
+      b = n > kVec ? Vec::loadu(p + kVec, n - kVec) : Vec(0.f);
+    }
+  } else if (n == kStep) {
+    at::vec::load_to_float<T>(p, a, b);
+  } else {
+    alignas(64) T buf[kStep];
+    std::memset(static_cast<void*>(buf), 0, sizeof(buf));
+    std::memcpy(static_cast<void*>(buf), p, n * sizeof(T));
+    at::vec::load_to_float<T>(buf, a, b);
+  }
+}
+
+// Stores the first n (1..kStep) lanes of (a, b) at p, rounded to nearest even into T.
+template <typename T>
+inline void store2(T* p, int64_t n, const Vec& a, const Vec& b) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n == kStep) {
+      a.store(p);
+      b.store(p + kVec);
+    } else {
+      a.store(p, std::min(n, kVec));
+      if (n > kVec) b.store(p + kVec, n - kVec);
+    }
+  } else {
+    const auto v = at::vec::convert_from_float<T>(a, b);
+    if (n == kStep) {
+      v.store(p);
+    } else {
+      alignas(64) T buf[kStep];
+      v.store(buf);
+      std::memcpy(static_cast<void*>(p), buf, n * sizeof(T));
+    }
+  }
+}
+
+// v rounded to the nearest bfloat16 (ties to even) and back to float32, in integer arithmetic on
+// the float's bits: c10::BFloat16's rounding, a few instructions instead of a pack and an unpack.
+// NaN stays NaN (the sum would carry some NaN payloads into infinity).
+inline Vec round_bf16(const Vec& v) {
+  using IVec = at::vec::Vectorized<int32_t>;
+  const IVec bits = at::vec::cast<int32_t>(v);
+  const IVec lsb = (bits >> IVec(16)) & IVec(1);
+  const IVec rounded = (bits + IVec(0x7FFF) + lsb) & IVec(static_cast<int32_t>(0xFFFF0000u));
+  return Vec::blendv(at::vec::cast<float>(rounded), v, v.isnan());
+}
+
+// (a, b) rounded to T (nearest even) and back: the value a module returning T hands on.
+template <typename T>
+inline void round_to(Vec& a, Vec& b) {
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    a = round_bf16(a);
+    b = round_bf16(b);
+  } else if constexpr (!std::is_same_v<T, float>) {
+    std::tie(a, b) = at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(a, b));
+  }
+}
+
+// One map row: per-channel float32 weight, bias and (when lo != nullptr) support bounds.
+struct MapRow {
+  const float* w;
+  const float* b;
+  const float* lo;
+  const float* hi;
+};
+
+// y = x + λ (w x + b − x), kept only where lo < x < hi (strict) when there is a support.
+template <bool kSupport>
+inline Vec transport_vec(const Vec& x, const Vec& w, const Vec& b, const Vec& lam, const Vec& lo, const Vec& hi) {
+  const Vec y = x + lam * ((w * x + b) - x);
+  if constexpr (kSupport) {
+    return Vec::blendv(x, y, (x > lo) & (x < hi));
+  } else {
+    return y;
+  }
+}
+
+// The map values of n channels (n ≤ kStep) at channel offset c, as two float vectors each.
+template <bool kSupport>
+struct MapChunk {
+  Vec wa, wb, ba, bb, la, lb, ha, hb;
+
+  MapChunk(const MapRow& m, int64_t c, int64_t n) {
+    load2(m.w + c, n, wa, wb);
+    load2(m.b + c, n, ba, bb);
+    if constexpr (kSupport) {
+      load2(m.lo + c, n, la, lb);
+      load2(m.hi + c, n, ha, hb);
+    }
+  }
+
+  // Transports the channels held in (a, b), in place.
+  void apply(Vec& a, Vec& b, const Vec& lam) const {
+    a = transport_vec<kSupport>(a, wa, ba, lam, la, ha);
+    b = transport_vec<kSupport>(b, wb, bb, lam, lb, hb);
+  }
+};
+
+// Maximum rows transported together: each map chunk is loaded once for all of them.
+constexpr int64_t kRowGroup = 4;
+
+// Transports n ≤ kRowGroup rows, first0 .. first0 + n − 1, that share one map. load(r, c, k, a, b)
+// puts channels [c, c + k) of row r, in float32, into (a, b); row r is written at
+// y + (r − first0)·C with strength lam[r − first0].
+template <bool kSupport, typename T, typename Load>
+inline void transport_rows(const Load& load, int64_t first0, int64_t n, T* y, int64_t C, const MapRow& m,
+                           const float* lam) {
+  Vec vlam[kRowGroup];
+  for (int64_t i = 0; i < n; ++i) vlam[i] = Vec(lam[i]);
+  for (int64_t c = 0; c < C; c += kStep) {
+    const int64_t k = std::min(kStep, C - c);
+    const MapChunk<kSupport> chunk(m, c, k);
+    for (int64_t i = 0; i < n; ++i) {
+      Vec a, b;
+      load(first0 + i, c, k, a, b);
+      chunk.apply(a, b, vlam[i]);
+      store2(y + i * C + c, k, a, b);
+    }
+  }
+}
+
+// The map and strength arguments of a transport op, as float32 host arrays (the tensors own the
+// memory; the pointers are read per row).
+struct TransportArgs {
+  at::Tensor w, b, lo, hi;         // [K, C] float32 contiguous (K = 1 without map_index)
+  at::Tensor lam;                  // [B] or [1] float32, or undefined: lam_scalar
+  std::vector<int64_t> map_rows;   // map row per batch row; one entry for a 0-d index; empty: row 0
+  float lam_scalar = 0.f;
+  int64_t C = 0;
+  bool has_support = false;
+  const float *wp = nullptr, *bp = nullptr, *lop = nullptr, *hip = nullptr, *lamp = nullptr;
+  int64_t lam_count = 0;
+
+  MapRow map_for(int64_t batch) const {
+    const int64_t k = map_rows.empty() ? 0 : map_rows[map_rows.size() == 1 ? 0 : batch];
+    const int64_t off = k * C;
+    return MapRow{wp + off, bp + off, has_support ? lop + off : nullptr, has_support ? hip + off : nullptr};
+  }
+
+  float lam_for(int64_t batch) const {
+    if (lamp == nullptr) return lam_scalar;
+    return lam_count == 1 ? lamp[0] : lamp[batch];
+  }
+};
+
+TransportArgs prepare_transport(const at::Tensor& weight, const at::Tensor& bias,
+                                const std::optional<at::Tensor>& strength, double scalar_strength,
+                                const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
+                                const std::optional<at::Tensor>& map_index);
+
+// Transports rows [r0, r1) given by load(r, c, k, a, b) (see transport_rows) into y, where row r
+// goes to y + (r − r0)·C. Consecutive rows that use the same map are transported together.
+template <bool kSupport, typename T, typename Load>
+inline void transport_row_range(const Load& load, T* y, int64_t C, int64_t r0, int64_t r1, const TransportArgs& a,
+                                int64_t rows_per_batch) {
+  int64_t r = r0;
+  while (r < r1) {
+    const MapRow m = a.map_for(r / rows_per_batch);
+    float lam[kRowGroup];
+    int64_t n = 0;
+    for (; n < kRowGroup && r + n < r1; ++n) {
+      const int64_t batch = (r + n) / rows_per_batch;
+      if (n > 0 && a.map_for(batch).w != m.w) break;
+      lam[n] = a.lam_for(batch);
+    }
+    transport_rows<kSupport>(load, r, n, y + (r - r0) * C, C, m, lam);
+    r += n;
+  }
+}
+
+// A loader for transport_rows: channels of row r of a [R, C] array with row stride sx, whose row
+// `first` is at x.
+template <typename T>
+struct RowLoader {
+  const T* x;
+  int64_t sx, first;
+  void operator()(int64_t r, int64_t c, int64_t k, Vec& a, Vec& b) const { load2(x + (r - first) * sx + c, k, a, b); }
+};
+
+// Rows of the [R, C] view of x that belong to one batch row x[b] (per-row λ and maps).
+inline int64_t rows_per_batch(const at::Tensor& x, int64_t R) {
+  return x.dim() >= 2 ? std::max<int64_t>(1, R / x.size(0)) : 1;
+}
+
+// Calls fn(begin, end) on consecutive blocks covering [0, total) rows, in parallel, each block
+// `block` rows or, for the last one, up to 2·block − 1.
+//
+// Why every block has at least two rows when total ≥ 2: an ATen reduction of a single row
+// (output of one element) of ≥ GRAIN_SIZE values splits the row across threads when it runs
+// outside an OpenMP region (two-pass reduction), while the reference reduces each row of a
+// multi-row tensor whole. With two rows or more, ATen splits only across rows, so every row is
+// summed in the same order as in the reference. A single row (total == 1) is reduced as the
+// reference reduces its single row.
+template <typename F>
+inline void for_each_block(int64_t total, int64_t block, const F& fn) {
+  if (total == 1) {
+    fn(0, 1);
+    return;
+  }
+  block = std::max<int64_t>(2, std::min(block, total));
+  const int64_t num_blocks = total / block;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) {
+      fn(i * block, i + 1 == num_blocks ? total : (i + 1) * block);
+    }
+  });
+}
+
+// Dispatches a kernel templated on the storage type T of x (float32, bfloat16, float16).
+#define ACT_FAST_DISPATCH_FLOATS(dtype, name, ...)                                                  \
+  [&] {                                                                                           \
+    switch (dtype) {                                                                              \
+      case at::kFloat: { using T = float; return __VA_ARGS__(); }                                 \
+      case at::kBFloat16: { using T = at::BFloat16; return __VA_ARGS__(); }                       \
+      case at::kHalf: { using T = at::Half; return __VA_ARGS__(); }                               \
+      default:                                                                                    \
+        TORCH_CHECK(false, name, ": the CPU kernels take float32, bfloat16 or float16 input, got ", \
+                    dtype, " (float64 runs the pure-torch reference)");                           \
+    }                                                                                             \
+  }()
+
+}  // namespace act_fast_cpu

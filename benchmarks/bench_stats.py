@@ -3,7 +3,9 @@
 Run: ``python -m pytest benchmarks/bench_stats.py --benchmark-group-by=param:shape,param:dtype``.
 On CUDA ``update`` runs the fused Triton kernel; on CPU the pure-torch float64 reference (CPU
 figures are ratios only, docs/design.md §6). Target on GPU: ``update`` at least half the read-once
-throughput (GB/s of input read, recorded in ``extra_info``).
+throughput (GB/s of input read, recorded in ``extra_info``). ``test_stats_kernel`` times the Triton
+kernel alone per histogram layout against the read-once sum in the same test (GPU only); the
+ahead-of-time PTX figures of the same kernel are ``benchmarks/stats_kernel_ptx.py``.
 """
 
 import pytest
@@ -34,6 +36,57 @@ def test_channel_stats_update(timed, device, shape, dtype):
     x = _data(shape, dtype, device)
     stats = af.ChannelStats(shape[1], device=device)
     timed(stats.update, x, bytes_moved=x.numel() * x.element_size())
+
+
+# ---------------------------------------------------------------------------- the kernel alone
+# ``stats_update_triton`` per histogram layout (act_fast.ops.stats.HistogramLayout), with the
+# read-once sum timed in the same test so ``extra_info["vs_read_once"]`` is the fraction of the
+# device's read bandwidth that the update reaches (target ≥ 0.5, docs/design.md §6).
+KERNEL_SHAPES = [(8192, 4096), (16384, 1024)]
+KERNEL_LAYOUTS = {"shared-private": ("shared", True), "shared-direct": ("shared", False), "scratch-private": ("scratch", True)}
+
+
+def _median_ms(fn, reps: int = 50) -> float:
+    import statistics
+
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel is only timed compiled, on a GPU")
+@pytest.mark.parametrize("layout", list(KERNEL_LAYOUTS), ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=str)
+def test_stats_kernel(benchmark, shape, dtype, layout):
+    from act_fast.ops.stats import HistogramLayout, stats_update_triton
+    from act_fast.ops.stats_reference import HistogramParams, calibrate_ref, empty_state
+
+    benchmark.group = f"stats kernel {shape} {dtype}"
+    x = _data(shape, dtype, "cuda")
+    params = HistogramParams()
+    state = empty_state(shape[1], params, "cuda")
+    centre, exp_offset = calibrate_ref(x, params)
+    state["centre"].copy_(centre)
+    state["exp_offset"].copy_(exp_offset)
+    chosen = HistogramLayout(*KERNEL_LAYOUTS[layout])
+    update = lambda: stats_update_triton(x, state, params, layout=chosen)  # noqa: E731
+    read_once_ms = _median_ms(lambda: x.sum(0, dtype=torch.float32))  # reads x once, no float copy
+    update_ms = _median_ms(update)
+    benchmark.pedantic(lambda: (update(), torch.cuda.synchronize()), rounds=10, iterations=1, warmup_rounds=1)
+    nbytes = x.numel() * x.element_size()
+    benchmark.extra_info["device"] = torch.cuda.get_device_name()
+    benchmark.extra_info["update_GB/s"] = round(nbytes / update_ms / 1e6, 1)
+    benchmark.extra_info["read_once_GB/s"] = round(nbytes / read_once_ms / 1e6, 1)
+    benchmark.extra_info["vs_read_once"] = round(read_once_ms / update_ms, 3)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

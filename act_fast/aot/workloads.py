@@ -136,10 +136,18 @@ def stats(shape, dtype="bf16", *, row_mask=False):
     def build(device):
         from act_fast.stats import ChannelStats
 
+        from act_fast.ops.stats import forced_layout, nvidia_layout
+
         x = torch.empty(shape, dtype=_DTYPES[dtype], device=device)
         cs = ChannelStats(shape[1], device=device)
         mask = torch.ones(shape[0], dtype=torch.bool, device=device) if row_mask else None
-        return x, lambda: cs.update(x, mask)
+
+        def update():
+            # The layout an NVIDIA GPU runs (shared memory), also when recorded on a CPU.
+            with forced_layout(nvidia_layout(cs.params)):
+                cs.update(x, mask)
+
+        return x, update
 
     return build
 

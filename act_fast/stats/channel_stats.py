@@ -96,8 +96,8 @@ class ChannelStats:
     ``B = 2 · (exp_max − exp_min) · 2^mantissa_bits + 3`` buckets. Defaults (``m = 5``,
     ``[-16, 16)``, ``B = 2051``): 24,684 bytes per channel (101 MB for C = 4096). ``m = 7`` on the
     same window: 98,412 bytes per channel. Exact mode adds 4 bytes per channel per kept row
-    (float32 samples). An update also allocates ``[P, C]`` partials (40 bytes per channel per row
-    chunk ``P``, a few hundred chunks at most) for the duration of the call; calibration sorts the
+    (float32 samples). An update also allocates ``[P, C]`` partials (36 bytes per channel per row
+    chunk ``P``, a few chunks at most) for the duration of the call; calibration sorts the
     first batch once.
 
     **CUDA graphs.** ``update`` only launches kernels. The host-side row counters (``rows_seen``

@@ -18,15 +18,6 @@ from act_fast.aot.compile import DEFAULT_ARCHS as ARCHS
 from act_fast.aot.record import KernelSpec
 from act_fast.aot.workloads import WORKLOADS
 
-_STATS_F64 = (
-    "issue 13 item 7: _stats_partial_kernel Chan-merges every tile into float64 running moments "
-    "(cvt/div.rn/fma.f64 per tile) although tile partials belong in fp32"
-)
-_STATS_SPILLS = (
-    "issue 13 item 7: _stats_partial_kernel on 16-bit input uses all 255 registers and spills "
-    "(bytes per target in the failure message; 56/48 on sm_80 and 108/96 on sm_90 with the centred histogram)"
-)
-
 _ROWS_F64_SM80 = (
     "fp64 rows with per-row maps at a [16, 128] tile: ptxas on sm_80 caps the kernel at 128 registers and "
     "spills 4/4 bytes (sm_90: 150 registers, no spill); the [BLOCK_R, BLOCK_C] gathers of w, b, lo, hi "
@@ -35,19 +26,6 @@ _ROWS_F64_SM80 = (
 
 # (workload, check, arch) -> why it fails today.
 KNOWN_FAILURES: dict[tuple[str, str, int], str] = {
-    **{(w, "no_spills", a): _STATS_SPILLS for w in ("stats-bf16-8192x4096", "stats-fp16-8192x4096", "stats-bf16-8192x4096-rowmask") for a in ARCHS},
-    **{
-        (w, "no_float64", a): _STATS_F64
-        for w in (
-            "stats-bf16-8192x4096",
-            "stats-fp16-8192x4096",
-            "stats-fp32-8192x4096",
-            "stats-bf16-8192x4096-rowmask",
-            "stats-fp32-odd",
-            "stats-bf16-odd-rowmask",
-        )
-        for a in ARCHS
-    },
     ("transport-rows-fp64-12x100-rowmap", "no_spills", 80): _ROWS_F64_SM80,
 }
 

@@ -8,7 +8,17 @@ from tolerances import FLOAT_DTYPES, TOLERANCES
 
 import act_fast as af
 from act_fast.ops import set_backend
-from act_fast.ops.stats import PARTIAL_DTYPES, PARTIAL_FIELDS, stats_fold_triton, stats_partials_triton, stats_update_triton
+from act_fast.ops.stats import (
+    MAX_ROWS_PER_PROGRAM,
+    PARTIAL_DTYPES,
+    PARTIAL_FIELDS,
+    HistogramLayout,
+    default_rows_per_program,
+    nvidia_layout,
+    stats_fold_triton,
+    stats_partials_triton,
+    stats_update_triton,
+)
 from act_fast.ops.stats_reference import (
     HistogramParams,
     bucket_index_ref,
@@ -258,3 +268,140 @@ def test_calibrated_bucket_window_follows_the_offset():
     x = torch.tensor([[1.0 + lo / 2, 1.0 - lo / 2, 1.0 + hi, 1.0 - hi, 1.0 + 2 * lo, 1.0]], dtype=torch.float64)
     idx = bucket_index_ref(x, p, centre, k)[0]
     assert idx.tolist() == [p.zero_bucket, p.zero_bucket, p.num_buckets - 1, 0, p.zero_bucket + 1 + (1 << p.mantissa_bits), p.zero_bucket]
+
+
+# ---------------------------------------------------------------------------- histogram layouts
+# Every way the partial kernel can count (act_fast.ops.stats.HistogramLayout). The "scratch" ones
+# run the shared-memory code path with a global buffer in place of shared memory, so the
+# interpreter tests its packing, trash bin and flush; "shared" (inline PTX) needs an NVIDIA GPU.
+LAYOUTS = [
+    HistogramLayout("scratch", True, 8),
+    HistogramLayout("scratch", True, 4),
+    HistogramLayout("scratch", True, 2),
+    HistogramLayout("scratch", False, 8),
+    HistogramLayout("shared", True, 8),
+    HistogramLayout("shared", True, 4),
+    HistogramLayout("shared", True, 2),
+    HistogramLayout("shared", False, 8),
+]
+
+
+def layout_id(layout: HistogramLayout) -> str:
+    return f"{layout.store}-{'private' if layout.private_buckets else 'direct'}-c{layout.block_c}"
+
+
+def runnable(layout: HistogramLayout, device: str) -> None:
+    if layout.store == "shared" and (device != "cuda" or torch.version.hip is not None):
+        pytest.skip("the shared-memory layout is inline PTX: NVIDIA GPUs only (the interpreter cannot run it)")
+
+
+def update_with(x, state, params, row_mask, layout, rows_per_program):
+    """``stats_update_triton`` with NaN-poisoned partials and a garbage-filled scratch buffer."""
+    rows, cols = x.shape
+    num_partials = -(-rows // rows_per_program)
+    scratch = None
+    if layout.store == "scratch":
+        blocks = -(-cols // layout.block_c)
+        scratch = torch.randint(-(2**31), 2**31 - 1, (num_partials * blocks * layout.words_per_program(params),), dtype=torch.int32, device=x.device)
+    partials = stats_partials_triton(
+        x,
+        state["hist"],
+        state["centre"],
+        state["exp_offset"],
+        params,
+        row_mask,
+        rows_per_program=rows_per_program,
+        out=poisoned_partials(num_partials, cols, x.device),
+        layout=layout,
+        scratch=scratch,
+    )
+    stats_fold_triton(partials, state)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("kind", ["data", "extreme"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
+def test_layouts_match_reference(layout, dtype, kind, device):
+    """Every layout, several tiles and two row chunks per program column, a row mask, every bucket
+    class: histograms and counts bit-identical, moments within the table, onto non-empty state."""
+    runnable(layout, device)
+    rows, cols = 1100, 13
+    x = special_data(rows, cols, dtype, device)
+    mask = torch.rand(rows, device=device) > 0.25
+    centre, exp_offset = calibrations(cols, x.float().cpu())[kind]
+    kernel = calibrated_state(cols, centre, exp_offset, device)
+    first = special_data(40, cols, dtype, device)
+    update_with(first, kernel, PARAMS, None, layout, 40)
+    ref = calibrated_state(cols, centre, exp_offset, device)
+    stats_update_ref(first, ref, PARAMS)
+    update_with(x, kernel, PARAMS, mask, layout, 1000)
+    stats_update_ref(x, ref, PARAMS, mask)
+    assert_state_matches(kernel, ref)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
+def test_layouts_large_histogram(layout, device):
+    """A resolution whose buckets need the narrow or direct layouts on a GPU (B = 8,195)."""
+    runnable(layout, device)
+    params = HistogramParams(mantissa_bits=7)
+    x = special_data(300, 9, torch.bfloat16, device)
+    kernel, ref = empty_state(9, params, device), empty_state(9, params, device)
+    update_with(x, kernel, params, None, layout, 256)
+    stats_update_ref(x, ref, params)
+    assert_state_matches(kernel, ref)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:4], ids=layout_id)
+def test_masked_rows_and_their_non_finite_values_are_not_counted(layout, device):
+    """NaN / ±Inf in masked rows count nowhere; a program whose rows are all masked writes an
+    empty partial (count 0, extremes ±inf) that leaves the state as it was."""
+    x = torch.randn(300, 6)
+    x[5, :] = math.nan
+    x[6, :3] = math.inf
+    x[7, 3:] = -math.inf
+    mask = torch.ones(300, dtype=torch.bool)
+    mask[5:8] = False
+    mask[:128] = False  # the first row chunk (rows_per_program = 128) is entirely masked
+    x, mask = x.to(device), mask.to(device)
+    kernel, ref = empty_state(6, PARAMS, device), empty_state(6, PARAMS, device)
+    update_with(x, kernel, PARAMS, mask, layout, 128)
+    stats_update_ref(x, ref, PARAMS, mask)
+    assert_state_matches(kernel, ref)
+    assert int(kernel["nan"].sum() + kernel["pos_inf"].sum() + kernel["neg_inf"].sum()) == 0
+    assert kernel["count"].tolist() == [300 - 128] * 6
+
+
+def test_moments_keep_their_digits_without_a_centre(device):
+    """1e4 + N(0, 1e-2) with the uncentred calibration (c = 0): the float32 sums are shifted by
+    the chunk's first-tile mean, so M2 keeps float32's relative accuracy (Σx² − n·mean² would
+    lose all of it)."""
+    g = torch.Generator().manual_seed(3)
+    x = (1e4 + 1e-2 * torch.randn(900, 4, generator=g, dtype=torch.float64)).float().to(device)
+    kernel, ref = empty_state(4, PARAMS, device), empty_state(4, PARAMS, device)
+    stats_update_triton(x, kernel, PARAMS, rows_per_program=300)
+    stats_update_ref(x, ref, PARAMS)
+    tol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(kernel["m2"], ref["m2"], rtol=tol["rtol"], atol=0.0)
+    torch.testing.assert_close(kernel["mean"], ref["mean"], rtol=0.0, atol=tol["atol"] * 1e-2)
+
+
+def test_rows_per_program_is_bounded_by_the_16_bit_counters(device):
+    x = torch.randn(4, 3, device=device)
+    state = empty_state(3, PARAMS, device)
+    with pytest.raises(ValueError, match="rows_per_program must be in"):
+        stats_update_triton(x, state, PARAMS, rows_per_program=MAX_ROWS_PER_PROGRAM + 1)
+    cpu = torch.device("cpu")
+    for rows in (1, 127, 128, 4096, 65535, 65536, 1_000_000):
+        for layout in (HistogramLayout("shared", True, 8), HistogramLayout("shared", True, 2)):
+            per = default_rows_per_program(rows, 4096, cpu, layout)
+            assert per % layout.block_r == 0 and per <= MAX_ROWS_PER_PROGRAM and per * -(-rows // per) >= rows
+
+
+def test_nvidia_layout_fits_shared_memory():
+    """The defaults count 8 channels per program in shared memory; finer resolutions fall back
+    to 4 or 2 channels, then to one global atomic per value."""
+    assert nvidia_layout(HistogramParams()) == HistogramLayout("shared", True, 8)
+    assert nvidia_layout(HistogramParams(mantissa_bits=6)) == HistogramLayout("shared", True, 4)
+    assert nvidia_layout(HistogramParams(mantissa_bits=7)) == HistogramLayout("shared", True, 2)
+    assert nvidia_layout(HistogramParams(mantissa_bits=8)) == HistogramLayout("shared", False, 8)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -49,7 +50,7 @@ import triton.language as tl
 from torch import Tensor
 
 from act_fast.ops.backend import interpreting
-from act_fast.ops.stats_reference import HistogramParams
+from act_fast.ops.stats_reference import HistogramParams, calibrate_ref, empty_state, stats_update_ref
 
 BLOCK_R = 128  # rows per tile at BLOCK_C: one (16-bit) or two (float32) 16-byte loads per thread at 4 warps
 BLOCK_C = 8  # channels per program: 16 bytes of a 16-bit row, 32 bytes (a sector) of a float32 row
@@ -452,16 +453,56 @@ def forced_layout(layout: HistogramLayout) -> Iterator[None]:
 
 
 def histogram_layout(params: HistogramParams, device: torch.device) -> HistogramLayout:
-    """The fastest layout available: :func:`nvidia_layout` on NVIDIA GPUs; in the interpreter the
-    same private buckets with a scratch buffer in place of shared memory (the same code path,
-    testable on a CPU); on other GPUs (no inline PTX) one global atomic per value."""
+    """The fastest layout available: :func:`nvidia_layout` on NVIDIA GPUs (once it has matched the
+    reference on this device, :func:`shared_layout_verified`); in the interpreter the same private
+    buckets with a scratch buffer in place of shared memory (the same code path, testable on a
+    CPU); on other GPUs (no inline PTX) one global atomic per value."""
     if _forced_layout is not None:
         return _forced_layout
     if device.type == "cuda" and not interpreting():
         if torch.version.hip is not None:
             return HistogramLayout("scratch", False)
-        return nvidia_layout(params)
+        layout = nvidia_layout(params)
+        if shared_layout_verified(device.index if device.index is not None else torch.cuda.current_device(), params):
+            return layout
+        return HistogramLayout("scratch", True, layout.block_c)
     return HistogramLayout("scratch", True)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_layout_verified(device_index: int, params: HistogramParams) -> bool:
+    """Whether the shared-memory (inline PTX) layout gives the reference's histogram and counts on
+    this GPU (:func:`layout_matches_reference`), checked once per device and resolution: the one
+    host synchronisation of collection, on its first update. A mismatch warns once and the
+    portable scratch layout is used instead."""
+    device = torch.device("cuda", device_index)
+    same = layout_matches_reference(nvidia_layout(params), params, device)
+    if not same:
+        warnings.warn(
+            f"act_fast: the shared-memory statistics kernel does not match the reference on {torch.cuda.get_device_name(device)}; "
+            "using the portable scratch-buffer layout (slower, exact). Please report this.",
+            stacklevel=2,
+        )
+    return same
+
+
+def layout_matches_reference(layout: HistogramLayout, params: HistogramParams, device: torch.device) -> bool:
+    """Runs ``layout`` on a small fixed bf16 input (NaN, ±Inf, masked rows, channels with means
+    from −50 to 50 and spreads from 1e-3 to 1e3) and compares histogram and counts with
+    :func:`stats_update_ref` exactly."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = (torch.randn(300, 24, generator=g) * torch.logspace(-3, 3, 24) + torch.linspace(-50, 50, 24)).to(torch.bfloat16)
+    x[7, 3], x[11, 5], x[13, 7] = float("nan"), float("inf"), float("-inf")
+    mask = torch.rand(300, generator=g) > 0.2
+    state = empty_state(24, params, "cpu")
+    centre, exp_offset = calibrate_ref(x[:64].float(), params)
+    state["centre"].copy_(centre)
+    state["exp_offset"].copy_(exp_offset)
+    expected = {k: v.clone() for k, v in state.items()}
+    stats_update_ref(x, expected, params, mask)
+    got = {k: v.to(device) for k, v in state.items()}
+    stats_update_triton(x.to(device), got, params, mask.to(device), layout=layout)
+    return all(torch.equal(got[k].cpu(), expected[k]) for k in ("hist", "count", "nan", "pos_inf", "neg_inf"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -405,3 +405,22 @@ def test_nvidia_layout_fits_shared_memory():
     assert nvidia_layout(HistogramParams(mantissa_bits=6)) == HistogramLayout("shared", True, 4)
     assert nvidia_layout(HistogramParams(mantissa_bits=7)) == HistogramLayout("shared", True, 2)
     assert nvidia_layout(HistogramParams(mantissa_bits=8)) == HistogramLayout("shared", False, 8)
+
+
+def test_layout_self_check_accepts_a_correct_layout_and_catches_a_wrong_one(monkeypatch):
+    """The check the shared-memory layout passes on a GPU's first update (else the portable layout
+    is used), run here on the interpreter's scratch layout, then on a sabotaged launcher."""
+    import act_fast.ops.stats as kernel
+    from act_fast.ops.stats_reference import HistogramParams
+
+    params = HistogramParams()
+    layout = kernel.HistogramLayout("scratch", True)
+    assert kernel.layout_matches_reference(layout, params, torch.device("cpu"))
+    real = kernel.stats_update_triton
+
+    def off_by_one(x, state, params, row_mask=None, **kw):
+        real(x, state, params, row_mask, **kw)
+        state["hist"].view(-1)[5] += 1
+
+    monkeypatch.setattr(kernel, "stats_update_triton", off_by_one)
+    assert not kernel.layout_matches_reference(layout, params, torch.device("cpu"))

@@ -7,6 +7,7 @@
 | ``transport_new`` | ``affine_transport(x, w, b, 0.8, lo, hi)`` (a new output) | ``x.clone()`` | ≤ 1.6× (fp32), ≤ 2.6× (bf16) |
 | ``rms_norm_transport`` | ``rms_norm_transport(x, nw, w, b, 0.8, lo, hi, cast_before_scale=True)`` | ``F.rms_norm(x, (C,), nw)`` | ≤ 1.15× |
 | ``layer_norm_transport`` | ``layer_norm_transport(x, nw, nb, w, b, 0.8, lo, hi)`` | ``F.layer_norm(x, (C,), nw, nb)`` | none (for information) |
+| ``stats_update`` | ``ChannelStats.update(x)`` (calibrated on ``x``, default resolution) | ``x.float().sum(0)`` | ≤ 10× |
 
 At [4096, 4096] torch's ``F.rms_norm`` on CPU is several eager passes, each writing a fresh
 64 MB intermediate (page faults), so the fused op wins by a wide margin there; the
@@ -56,6 +57,8 @@ CASES = {
     "rms_norm_transport-bf16-256rows": ("rms_norm_transport", torch.bfloat16, "F.rms_norm", None, 256),
     "rms_norm_transport-fp32-32rows": ("rms_norm_transport", torch.float32, "F.rms_norm", None, 32),
     "rms_norm_transport-bf16-32rows": ("rms_norm_transport", torch.bfloat16, "F.rms_norm", None, 32),
+    "stats_update-fp32": ("stats_update", torch.float32, "x.float().sum(0)", 10.0, 4096),
+    "stats_update-bf16": ("stats_update", torch.bfloat16, "x.float().sum(0)", 10.0, 4096),
 }
 
 
@@ -85,6 +88,9 @@ def _calls(op: str, dtype: torch.dtype, rows: int):
     lo, hi = torch.full((C,), -2.0), torch.full((C,), 2.0)
     nw = (1.0 + 0.1 * torch.randn(C, generator=g)).to(dtype)
     nb = (0.1 * torch.randn(C, generator=g)).to(dtype)
+    if op == "stats_update":
+        stats = af.ChannelStats(C).calibrate(x)
+        return (lambda: stats.update(x)), (lambda: x.float().sum(0))
     if op == "transport_out":
         out, copy_out = torch.empty_like(x), torch.empty_like(x)
         return (lambda: af.ops.affine_transport(x, w, b, 0.8, lo, hi, out=out)), (lambda: copy_out.copy_(x))

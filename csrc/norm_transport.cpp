@@ -11,6 +11,8 @@
 //
 // LayerNorm: at::layer_norm of the block (the module's kernel itself: its row statistics and
 // affine are computed per row), then the transport of that block from cache.
+#include <ATen/ATen.h>
+
 #include "common.h"
 
 #include <cmath>

@@ -9,6 +9,8 @@
 // at::mean (the reference's own reduction, so the plane means are bit-identical), then each plane
 // of the block, still in cache, is written: x + δ (pooled) or the per-position map, kept where the
 // plane's mean lies inside the support.
+#include <ATen/ATen.h>
+
 #include "common.h"
 
 #include <cmath>

@@ -6,7 +6,9 @@ act_fast_cpu.*``), vectorized with ``at::vec::Vectorized`` and parallel with ``a
 They are bit-identical to :mod:`act_fast.ops.reference` (``torch.equal``) for float32, bfloat16
 and float16; float64 input, conv planes whose spatial dims are not one contiguous block, and
 RMSNorm rows whose channels are not contiguous run the reference instead (its exact result, more
-slowly).
+slowly). The statistics update (:func:`stats_update`) matches
+:func:`act_fast.ops.stats_reference.stats_update_ref` exactly in the histogram, the counts and
+min / max, and to float64 rounding in the moments (float64 tile sums and merges, in another order).
 
 Build: never at ``pip install`` time (build isolation would compile against another torch). On the
 first op call on a CPU tensor (or ``python -m act_fast.build`` ahead of time) the sources are
@@ -50,11 +52,12 @@ from act_fast.ops.reference import (
     layer_norm_transport_ref,
     rms_norm_transport_ref,
 )
+from act_fast.ops.stats_reference import HistogramParams, stats_update_ref
 
 ENV_SWITCH = "ACT_FAST_CPU_KERNELS"
 ENV_CACHE = "ACT_FAST_CACHE_DIR"
 LIBRARY_NAME = "act_fast_cpu"
-SOURCES = ("transport.cpp", "norm_transport.cpp", "register.cpp")
+SOURCES = ("transport.cpp", "norm_transport.cpp", "stats.cpp", "register.cpp")
 HEADERS = ("common.h",)
 # Bump when the build recipe changes in a way the sources and flags do not show.
 _RECIPE_VERSION = "1"
@@ -402,3 +405,40 @@ def group_norm_transport(
     h = group_norm_ref(x, num_groups, norm_weight, norm_bias, eps)
     out = h if h.is_contiguous() else None
     return affine_transport(h, weight, bias, strength, scalar_strength, lo, hi, map_index, 1, pool_spatial, out)
+
+
+# Channels per block of the statistics kernel (csrc/stats.cpp, kCols): its bucket indices within a
+# block are int32, so it takes up to 2^31 / 64 buckets per channel.
+_STATS_BLOCK_CHANNELS = 64
+_STATE_DTYPES = {
+    "count": torch.int64, "mean": torch.float64, "m2": torch.float64, "vmin": torch.float64, "vmax": torch.float64,
+    "nan": torch.int64, "pos_inf": torch.int64, "neg_inf": torch.int64, "hist": torch.int32,
+    "centre": torch.float32, "exp_offset": torch.int32,
+}
+
+
+def _compiled_state(state: dict[str, Tensor]) -> bool:
+    """Whether the kernel can fold into ``state`` in place: contiguous CPU tensors of its dtypes."""
+    return all(
+        state[key].dtype == dtype and state[key].is_contiguous() and state[key].device.type == "cpu"
+        for key, dtype in _STATE_DTYPES.items()
+    )
+
+
+def stats_update(x: Tensor, state: dict[str, Tensor], params: HistogramParams, row_mask: Tensor | None = None) -> None:
+    """Folds ``x [rows, C]`` (CPU) into ``state`` in place, as
+    :func:`act_fast.ops.stats_reference.stats_update_ref` (same state keys; ``hist`` holds the int32
+    pending counts, which the caller folds before 2^31 rows). One pass of the compiled kernel;
+    float64 input, an int64 ``hist``, a non-contiguous state or more than 2^31 / 64 buckets per
+    channel run the reference instead."""
+    fits = params.num_buckets * _STATS_BLOCK_CHANNELS < 2**31
+    if x.dtype == torch.float64 or not fits or not _compiled_state(state):
+        stats_update_ref(x, state, params, row_mask)
+        return
+    if x.shape[1] > 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    mask = None if row_mask is None else row_mask.to(torch.bool).contiguous()
+    torch.ops.act_fast_cpu.stats_update(
+        x, mask, state["count"], state["mean"], state["m2"], state["vmin"], state["vmax"], state["nan"],
+        state["pos_inf"], state["neg_inf"], state["hist"], state["centre"], state["exp_offset"], *params,
+    )

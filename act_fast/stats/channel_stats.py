@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from act_fast.ops.backend import use_triton
+from act_fast.ops import cpu_kernels
+from act_fast.ops.backend import implementation
 from act_fast.ops.checks import is_number
 from act_fast.ops.stats_reference import (
     HistogramParams,
@@ -57,8 +58,8 @@ class ChannelStats:
     max, counts of NaN, +Inf and -Inf (these never enter any other statistic), and a centred
     log-bucket histogram (layout in :mod:`act_fast.ops.stats_reference`) for quantiles, quantile
     functions, the quantile-coupling cross moment and covariance, and AUROC. ``update`` runs one
-    fused Triton pass on CUDA (the pure-torch reference elsewhere) and never synchronises with the
-    host, so it can sit inside CUDA graphs.
+    fused Triton pass on CUDA (on CPU the compiled kernel, else the pure-torch reference) and
+    never synchronises with the host, so it can sit inside CUDA graphs.
 
     **Calibration.** The histogram buckets ``x − c`` per channel, with a centre ``c`` (float32)
     and a scale ``2^k`` (int32 exponent offset ``k``) that shifts the exponent window to the
@@ -161,10 +162,13 @@ class ChannelStats:
             # Decided from shapes only: the int32 pending counts can never overflow.
             if self._pending_rows + xs.shape[0] > _INT32_MAX:
                 self.fold()
-            if x.dtype != torch.float64 and use_triton(xs):
+            impl = implementation(xs)
+            if impl == "triton" and x.dtype != torch.float64:
                 from act_fast.ops.stats import stats_update_triton
 
                 stats_update_triton(xs, self._state, self.params, ms)
+            elif impl == "cpu":  # float64 runs the reference inside
+                cpu_kernels.stats_update(xs, self._state, self.params, ms)
             else:
                 with torch.no_grad():
                     stats_update_ref(xs, self._state, self.params, ms)

@@ -7,10 +7,11 @@ Two launches per update, no host synchronisation:
    (``[BLOCK_R, 8]``: one 16-byte load per row for 16-bit input, two for float32; the loads run
    two tiles ahead of the counting). Nothing crosses threads inside the loop (no barrier).
 
-   - **Moments in float32, no division, no float64**: per element it adds ``x − s`` and
-     ``(x − s)²`` into per-thread accumulators, with ``s`` a per-channel shift (the mean of the
-     chunk's first tile, so the sums do not cancel for a ``1e4 + N(0, 1e-2)`` channel, centred or
-     not). Min / max likewise. The accumulators are reduced across threads once per program.
+   - **Moments in float32, no division, no float64**: per element it adds ``e = (x − s)·2^-q`` and
+     ``e²`` into per-thread accumulators, with ``s`` a per-channel shift (the mean of the chunk's
+     first tile, so the sums do not cancel for a ``1e4 + N(0, 1e-2)`` channel, centred or not) and
+     ``2^q`` the power of two of that tile's largest deviation (exact scaling: ``e`` is O(1), so
+     channels at 1e-32 or 1e25 neither underflow nor overflow in float32). Min / max likewise. The accumulators are reduced across threads once per program.
    - **Histogram privatised per program**: 16-bit counters (two channels share a 32-bit word), one
      per (channel, bucket) of the block plus, per channel, NaN, +Inf, -Inf and a trash bin that
      takes unkept entries (masked rows and channels ≥ C load as NaN), so the atomics need no
@@ -27,7 +28,7 @@ Two launches per update, no host synchronisation:
      kept rows minus the three non-finite counts, so no per-element counter is needed.
 
    It writes one partial per channel and program: ``[P, C]`` buffers, every entry written:
-   count, shift, Σ(x − s), Σ(x − s)² (float32), min / max (float32), NaN / +Inf / -Inf (int32).
+   count, shift, q (int32), Σe, Σe² (float32), min / max (float32), NaN / +Inf / -Inf (int32).
 2. ``_stats_fold_kernel``, grid ``cdiv(C, FOLD_BLOCK_C)``, one thread per channel: turns each
    partial into (count, mean, M2) in float64 and Chan-merges the ``P`` of them into the float64
    master state (one merge per channel and partial); folds the int32 counters into int64.
@@ -69,10 +70,11 @@ SHARED_HIST_BYTES = 40 * 1024
 HIST_SHARED = tl.constexpr(0)
 HIST_SCRATCH = tl.constexpr(1)
 
-PARTIAL_FIELDS = ("count", "shift", "sum", "sumsq", "vmin", "vmax", "nan", "pos_inf", "neg_inf")
+PARTIAL_FIELDS = ("count", "shift", "scale", "sum", "sumsq", "vmin", "vmax", "nan", "pos_inf", "neg_inf")
 PARTIAL_DTYPES = {
     "count": torch.int32,
     "shift": torch.float32,
+    "scale": torch.int32,
     "sum": torch.float32,
     "sumsq": torch.float32,
     "vmin": torch.float32,
@@ -194,6 +196,7 @@ def _stats_partial_kernel(
     scratch_ptr,
     p_count_ptr,
     p_shift_ptr,
+    p_scale_ptr,
     p_sum_ptr,
     p_sumsq_ptr,
     p_min_ptr,
@@ -227,8 +230,9 @@ def _stats_partial_kernel(
     row_start = pid_r * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, rows)
     centre = tl.load(centre_ptr + cols, mask=cmask, other=0.0)
+    exp_offset = tl.load(exp_offset_ptr + cols, mask=cmask, other=0)
     # Key of bucket 1 (the first negative bucket) minus one: (E_lo + k + 127) << m, less 1.
-    key_base = KEY_BASE - 1 + (tl.load(exp_offset_ptr + cols, mask=cmask, other=0) << MANTISSA_BITS)
+    key_base = KEY_BASE - 1 + (exp_offset << MANTISSA_BITS)
     if HIST_STORE == HIST_SHARED:
         # Opaque to LLVM, which would otherwise split it into a shift and a constant again in every
         # element's key (one more instruction per value).
@@ -257,6 +261,16 @@ def _stats_partial_kernel(
     n0 = tl.sum(fin0.to(tl.int32), axis=0)
     mean0 = tl.sum(tl.where(fin0, x0, 0.0), axis=0) / tl.maximum(n0, 1).to(tl.float32)
     shift = tl.where((n0 > 0) & (tl.abs(mean0) < float("inf")), mean0, centre)
+    # The moment sums are of e = (x − shift)·2^-s, with 2^s the first tile's largest deviation
+    # (a power of two built from its exponent bits, so the scaling is exact): e is O(1) for a
+    # channel at 1e-32 as for one at 1e25, and only a value 2^64 times beyond that deviation
+    # could overflow e² in float32.
+    spread0 = tl.max(tl.where(fin0, tl.abs(x0 - shift[None, :]), 0.0), axis=0)
+    level = tl.where(spread0 > 0, spread0, tl.abs(shift))
+    biased = (level.to(tl.int32, bitcast=True) >> 23) & 0xFF  # 0: zero or subnormal
+    scale_exp = tl.where(biased > 0, biased - 127, tl.where(level > 0, -126, 0))
+    scale_exp = tl.minimum(scale_exp, 126)
+    unit = ((127 - scale_exp) << 23).to(tl.float32, bitcast=True)  # 2^-s
 
     acc_sum = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     acc_sumsq = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
@@ -272,7 +286,7 @@ def _stats_partial_kernel(
         kept += keep.to(tl.int32)
         fin = tl.abs(x) < float("inf")  # false for NaN, ±Inf and unkept (NaN-filled) entries
 
-        dev = tl.where(fin, x - shift[None, :], 0.0)
+        dev = tl.where(fin, (x - shift[None, :]) * unit[None, :], 0.0)
         acc_sum += dev
         acc_sumsq += dev * dev
         acc_min = tl.minimum(acc_min, tl.where(fin, x, float("inf")))
@@ -322,6 +336,7 @@ def _stats_partial_kernel(
     out = pid_r * C + cols
     tl.store(p_count_ptr + out, n, mask=cmask)
     tl.store(p_shift_ptr + out, shift, mask=cmask)
+    tl.store(p_scale_ptr + out, scale_exp, mask=cmask)
     tl.store(p_sum_ptr + out, tl.sum(acc_sum, axis=0), mask=cmask)
     tl.store(p_sumsq_ptr + out, tl.sum(acc_sumsq, axis=0), mask=cmask)
     tl.store(p_min_ptr + out, tl.min(acc_min, axis=0), mask=cmask)
@@ -335,6 +350,7 @@ def _stats_partial_kernel(
 def _stats_fold_kernel(
     p_count_ptr,
     p_shift_ptr,
+    p_scale_ptr,
     p_sum_ptr,
     p_sumsq_ptr,
     p_min_ptr,
@@ -368,8 +384,10 @@ def _stats_fold_kernel(
         offs = p * C + cols
         n_p = tl.load(p_count_ptr + offs, mask=cmask, other=0).to(tl.int64)
         shift = tl.load(p_shift_ptr + offs, mask=cmask, other=0.0).to(tl.float64)
-        s1 = tl.load(p_sum_ptr + offs, mask=cmask, other=0.0).to(tl.float64)
-        s2 = tl.load(p_sumsq_ptr + offs, mask=cmask, other=0.0).to(tl.float64)
+        # 2^s (exact, from its bits): the partial's sums are of (x − shift)·2^-s.
+        scale = ((1023 + tl.load(p_scale_ptr + offs, mask=cmask, other=0).to(tl.int64)) << 52).to(tl.float64, bitcast=True)
+        s1 = tl.load(p_sum_ptr + offs, mask=cmask, other=0.0).to(tl.float64) * scale
+        s2 = tl.load(p_sumsq_ptr + offs, mask=cmask, other=0.0).to(tl.float64) * scale * scale
         # The partial's (mean, M2) from its shifted sums: s2 − s1²/n, with the shift near the mean.
         nb = n_p.to(tl.float64)
         dmean = s1 / tl.maximum(nb, 1.0)
@@ -562,9 +580,10 @@ def stats_partials_triton(
             ``"scratch"`` layout (any content; each program zeroes its region), or None.
 
     Returns:
-        dict of ``[P, C]`` partials: count, shift, sum, sumsq, vmin, vmax (float32 but the
-        int32 counts nan, pos_inf, neg_inf and count); the partial's mean is
-        ``shift + sum / count`` and its M2 ``sumsq − sum² / count``.
+        dict of ``[P, C]`` partials: count, shift, scale, sum, sumsq, vmin, vmax (float32 but the
+        int32 counts nan, pos_inf, neg_inf, count and the exponent ``scale``), with ``sum`` and
+        ``sumsq`` of ``e = (x − shift)·2^-scale``; the partial's mean is
+        ``shift + 2^scale·sum / count`` and its M2 ``4^scale·(sumsq − sum² / count)``.
     """
     rows, num_channels = x.shape
     layout = layout or histogram_layout(params, x.device)

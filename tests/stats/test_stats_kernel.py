@@ -386,6 +386,28 @@ def test_moments_keep_their_digits_without_a_centre(device):
     torch.testing.assert_close(kernel["mean"], ref["mean"], rtol=0.0, atol=tol["atol"] * 1e-2)
 
 
+@pytest.mark.parametrize("scale", [1e-32, 1e-20, 1e20, 1e25])
+def test_moments_of_channels_at_extreme_scales(scale, device):
+    """Channels whose spread is 1e-32 (post-LayerNorm channels of real models are that small) or
+    1e25: the float32 moment sums are of (x − shift)·2^-k with 2^k the calibrated spread, so they
+    neither underflow (M2 = 0) nor overflow (M2 = inf)."""
+    from act_fast.ops.stats_reference import calibrate_ref
+
+    g = torch.Generator().manual_seed(4)
+    x = (scale * (3.0 + torch.randn(700, 5, generator=g, dtype=torch.float64))).float().to(device)
+    kernel, ref = empty_state(5, PARAMS, device), empty_state(5, PARAMS, device)
+    centre, exp_offset = calibrate_ref(x[:100], PARAMS)
+    for state in (kernel, ref):
+        state["centre"].copy_(centre)
+        state["exp_offset"].copy_(exp_offset)
+    stats_update_triton(x, kernel, PARAMS, rows_per_program=256)
+    stats_update_ref(x, ref, PARAMS)
+    tol = TOLERANCES[torch.float32]
+    assert bool(torch.isfinite(kernel["m2"]).all()) and bool((kernel["m2"] > 0).all())
+    torch.testing.assert_close(kernel["m2"], ref["m2"], rtol=tol["rtol"], atol=0.0)
+    torch.testing.assert_close(kernel["mean"], ref["mean"], rtol=tol["rtol"], atol=0.0)
+
+
 def test_rows_per_program_is_bounded_by_the_16_bit_counters(device):
     x = torch.randn(4, 3, device=device)
     state = empty_state(3, PARAMS, device)

@@ -98,3 +98,19 @@ def test_bad_arguments():
         af.fit(model, prompts(0), prompts(1), ["model.layers.9.mlp"], incremental=False, progress=False)
     with pytest.raises(ValueError, match="unknown support"):
         af.fit(model, prompts(0), prompts(1), SITES, support="q_1_2")
+
+
+def test_progress_is_one_bar_per_phase_and_quiet_off_a_terminal(capsys):
+    """fit shows one bar for the whole fit (not one per collection pass), and nothing at all when
+    stderr is not a terminal unless asked (pytest's capture is not a terminal)."""
+    model = tiny_llama()
+    src, tgt = prompts(1), prompts(2)
+    af.fit(model, src, tgt, SITES, method="mean_act")
+    capsys.readouterr()  # the first CPU op may build the compiled kernels and say so
+    af.fit(model, src, tgt, SITES, method="mean_act")
+    assert capsys.readouterr().err == ""
+    af.fit(model, src, tgt, SITES, method="mean_act", progress=True)
+    err = capsys.readouterr().err
+    assert "fit" in err and "collect" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert all(line.lstrip().startswith("fit") for line in lines), lines[:5]

@@ -1,15 +1,19 @@
-"""Writing files so that nothing is ever written half: a temporary name in the same folder, fsync,
-rename over the target, fsync of the folder.
+"""Writing files so that nothing is ever written half: the file is written in a private temporary
+folder next to the target, fsynced, renamed over the target, and the folder is fsynced.
 
-Temporary files are named ``.<name>.<pid>.<random>.tmp`` and created with mode ``0666`` minus
-the umask, like any file the user writes. A save that is killed leaves its temporary behind; the
-next save to the same path removes temporaries whose process is gone.
+The temporary folder is named ``.<name>.<pid>.<random>.tmp``; the writer gets the path
+``<that folder>/<name>``, so whatever the writer itself creates on the side stays inside it
+(safetensors ≥ 0.7 writes through its own ``.tmpXXXXXX`` file in the destination's folder). The
+file gets mode ``0666`` minus the umask, like any file the user writes. A save that is killed
+leaves its temporary folder behind; the next save to the same path removes those whose process
+is gone (and plain temporary files of that name, which earlier versions wrote).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +23,8 @@ if TYPE_CHECKING:
 
 
 def _stale_temporaries(path: Path) -> list[Path]:
-    """Temporaries of earlier saves to ``path`` whose writing process no longer exists."""
+    """Temporary folders (or files) of earlier saves to ``path`` whose writing process no longer
+    exists."""
     stale = []
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         parts = tmp.name[len(path.name) + 2 : -len(".tmp")].split(".")
@@ -66,6 +71,8 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Calls ``write(tmp_name)`` to produce the file, then moves it over ``path`` atomically.
 
+    ``tmp_name`` is ``<private temporary folder>/<path's name>`` on the same file system as ``path``.
+
     The folder is created if needed; ``path`` keeps its old content (or stays absent) if ``write``
     raises or the process dies. Returns ``path`` as a :class:`Path`.
 
@@ -76,21 +83,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for tmp in _stale_temporaries(path):
-        tmp.unlink(missing_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for stale in _stale_temporaries(path):
+        _remove(stale)
+    folder = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    folder.mkdir(mode=0o700)
+    tmp = folder / path.name
     try:
         write(str(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())  # writers may recreate the file with their own mode
+        if not tmp.is_file():
+            raise FileNotFoundError(f"the writer of {path} produced no file")
+        os.chmod(tmp, 0o666 & ~current_umask())  # writers create files with their own modes
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        _remove(folder)
     _fsync_dir(path.parent)
     return path
+
+
+def _remove(tmp: Path) -> None:
+    """Removes a temporary folder with what is inside it, or a temporary file."""
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
 
 
 def read_safetensors(

@@ -16,7 +16,7 @@ from act_fast.demo import DemoConfig, run_demo
 from act_fast.demo import models as demo_models
 from act_fast.demo.generate import UNSTEERED, format_generations, generations
 from act_fast.demo.models import load_minilm, tokenize
-from act_fast.demo.report import JSON_FILE, MAPS_FILE, PLOT_FILE, format_table, save
+from act_fast.demo.report import JSON_FILE, MAPS_FILE, PLOT_FILE, curves_figure, format_table, save
 from act_fast.demo.sentences import load_topic, split, topics
 from tiny_models import tiny_llama
 
@@ -82,6 +82,25 @@ def test_result_fits_the_config(result, minilm):
     assert result.num_held_out == {"cooking": 42, "football": 41} and result.num_fit == 123
     assert result.unsteered.shape == (42, 384)
     torch.testing.assert_close(result.unsteered.norm(dim=1), torch.ones(42))
+
+
+@pytest.mark.slow
+def test_plot_labels_both_axes_and_keeps_every_legend_below_its_panel_inside_the_image(result):
+    fig = curves_figure(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    image = fig.bbox  # the canvas, in pixels
+    legends = []
+    for ax in fig.axes:
+        assert ax.get_ylabel() and ax.get_xlabel() == "strength λ"
+        box, legend = ax.get_window_extent(renderer), ax.get_legend().get_window_extent(renderer)
+        assert legend.y1 <= box.y0, "the legend overlaps its panel's curves"
+        assert image.x0 <= legend.x0 and legend.x1 <= image.x1 and image.y0 <= legend.y0, "the legend is cut off"
+        legends.append(legend)
+    assert legends[0].x1 <= legends[1].x0, "the two legends overlap"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 @pytest.mark.slow

@@ -48,37 +48,50 @@ def format_table(result: DemoResult) -> str:
     return "\n".join(out)
 
 
-def plot_curves(result: DemoResult, path: Path) -> Path:
+def curves_figure(result: DemoResult) -> "matplotlib.figure.Figure":
     """Two panels against λ: the probe's verdict and the cosines to the two centroids, with the
-    unsteered held-out target sentences as dashed reference lines."""
+    unsteered held-out target sentences as dashed reference lines; legends below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.lines import Line2D
+
     cfg, ref = result.config, result.reference
     lams = list(cfg.strengths)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.6))
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.3, wspace=0.25)
     panels = (
         (left, "fraction / probability", [(f"classified {cfg.target}", "target_fraction", "C0"), (f"mean p({cfg.target})", "target_prob", "C1")]),
         (right, "cosine similarity", [(f"cos to {cfg.source} centroid", "cos_source", "C2"), (f"cos to {cfg.target} centroid", "cos_target", "C3")]),
     )
+    reference = Line2D([], [], color="0.4", linestyle="--", linewidth=1, label=f"dashed: held-out {cfg.target} sentences, unsteered")
     for ax, ylabel, series in panels:
         for label, key, color in series:
             ax.plot(lams, [getattr(s, key) for s in result.rows], "o-", color=color, label=label)
-            ax.axhline(getattr(ref, key), color=color, linestyle="--", linewidth=1, label=f"{label}: {cfg.target} held-out, unsteered")
+            ax.axhline(getattr(ref, key), color=color, linestyle="--", linewidth=1)
         ax.set_xlabel("strength λ")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         # below the axes, so the legend never covers a curve
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=[*handles, reference], fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     left.set_title(f"linear probe on held-out {cfg.source} sentences")
     left.set_ylim(-0.03, 1.03)
     right.set_title("cosine to topic centroids")
     fig.suptitle(f"{result.model_name}: Linear-AcT on {len(result.sites)} {cfg.sites} sites, {cfg.source} → {cfg.target}")
+    return fig
+
+
+def plot_curves(result: DemoResult, path: Path) -> Path:
+    """Writes :func:`curves_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

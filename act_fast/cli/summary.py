@@ -52,10 +52,19 @@ _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
 def short_label(site: str) -> str:
-    """``model.layers.3.post_attention_layernorm`` → ``3.post_attention_layernorm``."""
+    """The site from its first layer number on: ``model.layers.3.post_attention_layernorm`` →
+    ``3.post_attention_layernorm``, ``encoder.layer.0.attention.output.LayerNorm`` →
+    ``0.attention.output.LayerNorm``; a name without a layer number is kept whole."""
     match = _LAYER.search(site)
-    tail = site.rsplit(".", 1)[-1]
-    return f"{match.group(1)}.{tail}" if match and tail != match.group(1) else site
+    if match is None or match.end() == len(site):
+        return site
+    return site[match.start(1):]
+
+
+def short_labels(sites: Sequence[str]) -> list[str]:
+    """:func:`short_label` of each site, or the full names when two short ones would coincide."""
+    labels = [short_label(site) for site in sites]
+    return labels if len(set(labels)) == len(labels) else list(sites)
 
 
 def plot_maps(rows: Sequence[MapSummary], path: Path, title: str) -> Path:
@@ -67,7 +76,7 @@ def plot_maps(rows: Sequence[MapSummary], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     x = list(range(len(rows)))
-    labels = [short_label(r.site) for r in rows]
+    labels = short_labels([r.site for r in rows])
     panels = [
         ("channels moved (fraction)", [r.moved for r in rows]),
         ("mean |w − 1|", [r.weight_shift for r in rows]),

@@ -113,3 +113,14 @@ def test_bench_times_unsteered_and_every_mode(act, tiny_model, maps_file, tmp_pa
     assert rc == 2 and "--modes: unknown ['fast']" in err
     rc, _, err = act("bench", "--model", tiny_model, "--maps", maps_file, "--prompt-length", 250, "--new-tokens", 10)
     assert rc == 2 and "exceed the model's 256 positions" in err
+
+
+def test_plot_labels_keep_what_tells_sites_apart():
+    from act_fast.cli.summary import short_labels
+
+    assert short_labels(["model.layers.3.post_attention_layernorm", "model.layers.3.input_layernorm", "model.norm"]) == [
+        "3.post_attention_layernorm", "3.input_layernorm", "model.norm"]
+    bert = ["encoder.layer.0.attention.output.LayerNorm", "encoder.layer.0.output.LayerNorm"]
+    assert short_labels(bert) == ["0.attention.output.LayerNorm", "0.output.LayerNorm"]
+    clash = ["a.0.norm", "b.0.norm"]  # the same short label: full names
+    assert short_labels(clash) == clash

@@ -3,7 +3,7 @@ folder next to the target, fsynced, renamed over the target, and the folder is f
 
 The temporary folder is named ``.<name>.<pid>.<random>.tmp``; the writer gets the path
 ``<that folder>/<name>``, so whatever the writer itself creates on the side stays inside it
-(safetensors ≥ 0.7 writes through its own ``.tmpXXXXXX`` file in the destination's folder). The
+(safetensors 0.8 writes through its own ``.tmpXXXXXX`` file in the destination's folder). The
 file gets mode ``0666`` minus the umask, like any file the user writes. A save that is killed
 leaves its temporary folder behind; the next save to the same path removes those whose process
 is gone (and plain temporary files of that name, which earlier versions wrote).

@@ -55,7 +55,6 @@ def curves_figure(result: DemoResult) -> "matplotlib.figure.Figure":
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.lines import Line2D
 
     cfg, ref = result.config, result.reference

@@ -149,3 +149,28 @@ def bench_steered_forward(impl, models, ids, channels, benchmark):
     benchmark.extra_info["paired_unsteered_ms"] = round(p * 1e3, 4)
     benchmark.extra_info["added_ms"] = round((s - p) * 1e3, 4)
     benchmark.extra_info["slowdown"] = round(s / p - 1, 4)
+
+
+@pytest.mark.parametrize("dispatch", ["body", "custom op"])
+def bench_decode_step_dispatch(dispatch, models, channels, benchmark, monkeypatch):
+    """One decode-shaped forward (1 token, batch 1) with every norm site fused, calling the ops'
+    bodies directly (plain eager inference, ``act_fast.ops.eager``) or forcing the custom ops'
+    dispatch: the per-call Python cost that dominates small-row steering."""
+    import act_fast.ops.eager as eager
+
+    benchmark.group = f"decode step dispatch, Llama {CONFIG['num_hidden_layers']}x{CONFIG['hidden_size']}, 1 token"
+    if dispatch == "custom op":
+        monkeypatch.setattr(eager, "dispatcher_needed", lambda *args: True)
+    steered_model, plain_model = models
+    one = torch.zeros(1, 1, dtype=torch.long, device=DEVICE)
+    handle = af.steer(steered_model, M.random_maps(channels, "support", DEVICE), strength=STRENGTH, mode="fused")
+    try:
+        steered, plain = _forward(steered_model, one), _forward(plain_model, one)
+        benchmark.pedantic(steered, rounds=10 * ROUNDS, iterations=1, warmup_rounds=20)
+        s, p = _paired(steered, plain, rounds=10 * ROUNDS)
+    finally:
+        handle.remove()
+    benchmark.extra_info.update({"dispatch": dispatch, "sites": len(channels), "threads": torch.get_num_threads()})
+    benchmark.extra_info["paired_steered_ms"] = round(s * 1e3, 4)
+    benchmark.extra_info["paired_unsteered_ms"] = round(p * 1e3, 4)
+    benchmark.extra_info["added_us_per_site"] = round((s - p) * 1e6 / len(channels), 2)

@@ -102,8 +102,7 @@ def group_norm_transport_triton(
     return y
 
 
-@torch.library.custom_op("act_fast::group_norm_transport", mutates_args=())
-def _group_norm_transport_op(
+def group_norm_transport_impl(
     x: Tensor,
     num_groups: int,
     norm_weight: Tensor | None,
@@ -118,6 +117,7 @@ def _group_norm_transport_op(
     eps: float,
     pool_spatial: bool,
 ) -> Tensor:
+    """The body of ``act_fast::group_norm_transport`` (arguments validated; see :mod:`.eager`)."""
     impl = implementation(x)
     if impl == "triton":
         return group_norm_transport_triton(
@@ -130,6 +130,11 @@ def _group_norm_transport_op(
         x, num_groups, norm_weight, norm_bias, weight, bias, s, lo, hi,
         eps=eps, pool_spatial=pool_spatial, map_index=map_index,
     ).contiguous()
+
+
+_group_norm_transport_op = torch.library.custom_op(
+    "act_fast::group_norm_transport", group_norm_transport_impl, mutates_args=()
+)
 
 
 @_group_norm_transport_op.register_fake

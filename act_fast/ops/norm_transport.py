@@ -233,8 +233,7 @@ def norm_transport_triton(
     return out
 
 
-@torch.library.custom_op("act_fast::rms_norm_transport", mutates_args=())
-def _rms_norm_transport_op(
+def rms_norm_transport_impl(
     x: Tensor,
     norm_weight: Tensor | None,
     weight: Tensor,
@@ -248,6 +247,7 @@ def _rms_norm_transport_op(
     weight_offset: float,
     cast_before_scale: bool,
 ) -> Tensor:
+    """The body of ``act_fast::rms_norm_transport`` (arguments validated; see :mod:`.eager`)."""
     impl = implementation(x)
     if impl == "triton":
         return norm_transport_triton(
@@ -263,8 +263,7 @@ def _rms_norm_transport_op(
     ).contiguous()
 
 
-@torch.library.custom_op("act_fast::layer_norm_transport", mutates_args=())
-def _layer_norm_transport_op(
+def layer_norm_transport_impl(
     x: Tensor,
     norm_weight: Tensor | None,
     norm_bias: Tensor | None,
@@ -277,6 +276,7 @@ def _layer_norm_transport_op(
     map_index: Tensor | None,
     eps: float,
 ) -> Tensor:
+    """The body of ``act_fast::layer_norm_transport`` (arguments validated; see :mod:`.eager`)."""
     impl = implementation(x)
     if impl == "triton":
         return norm_transport_triton(
@@ -286,6 +286,12 @@ def _layer_norm_transport_op(
         return cpu_kernels.layer_norm_transport(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps)
     s: Strength = scalar_strength if strength is None else strength
     return layer_norm_transport_ref(x, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps, map_index=map_index).contiguous()
+
+
+_rms_norm_transport_op = torch.library.custom_op("act_fast::rms_norm_transport", rms_norm_transport_impl, mutates_args=())
+_layer_norm_transport_op = torch.library.custom_op(
+    "act_fast::layer_norm_transport", layer_norm_transport_impl, mutates_args=()
+)
 
 
 @_rms_norm_transport_op.register_fake

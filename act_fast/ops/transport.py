@@ -329,8 +329,7 @@ def _transport_impl(
     return y.contiguous() if out is None else out.copy_(y)
 
 
-@torch.library.custom_op("act_fast::affine_transport", mutates_args=())
-def _affine_transport_op(
+def affine_transport_impl(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
@@ -342,7 +341,11 @@ def _affine_transport_op(
     channel_dim: int,
     pool_spatial: bool,
 ) -> Tensor:
+    """The body of ``act_fast::affine_transport`` (arguments validated; see :mod:`.eager`)."""
     return _transport_impl(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, None)
+
+
+_affine_transport_op = torch.library.custom_op("act_fast::affine_transport", affine_transport_impl, mutates_args=())
 
 
 @_affine_transport_op.register_fake
@@ -350,8 +353,7 @@ def _(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("act_fast::affine_transport_out", mutates_args=("out",))
-def _affine_transport_out_op(
+def affine_transport_out_impl(
     x: Tensor,
     weight: Tensor,
     bias: Tensor,
@@ -364,7 +366,13 @@ def _affine_transport_out_op(
     pool_spatial: bool,
     out: Tensor,
 ) -> None:
+    """The body of ``act_fast::affine_transport_out``: writes into ``out`` (may be ``x``)."""
     _transport_impl(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, out)
+
+
+_affine_transport_out_op = torch.library.custom_op(
+    "act_fast::affine_transport_out", affine_transport_out_impl, mutates_args=("out",)
+)
 
 
 @_affine_transport_out_op.register_fake

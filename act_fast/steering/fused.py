@@ -1,7 +1,7 @@
 """Fused mode: a registered norm module computes norm + transport in one kernel.
 
 The module's ``forward`` is replaced (an instance attribute; the class is untouched) by a call to
-the fused custom op, which reproduces the module's own rounding (``NormSpec.cast_before_scale``)
+the fused custom op (or its body in plain eager inference, :mod:`act_fast.ops.eager`), which reproduces the module's own rounding (``NormSpec.cast_before_scale``)
 and transports the rounded output: at λ = 0 the output equals the module's bit for bit on the
 reference path. When the input's dtype differs from the norm parameters' (the module would then
 return another dtype), the call runs the module's own forward and the transport op instead.
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-import act_fast.ops  # noqa: F401  (registers the torch.ops.act_fast custom ops)
 from act_fast.integrations import NormSpec
+from act_fast.ops.eager import op_or_body
 from act_fast.steering.site import SiteContext, SteeredSite
 
 
@@ -45,19 +44,17 @@ class FusedSite(SteeredSite):
         s, idx = self.runtime(x, cd)
         if not self._same_dtype(x):
             y = type(self.module).forward(self.module, x)
-            return torch.ops.act_fast.affine_transport(
-                y, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, self.pool_spatial and cd == 1
-            )
+            transport = op_or_body("affine_transport", y, bank.weight, bank.bias, s)
+            return transport(y, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, self.pool_spatial and cd == 1)
+        fused = op_or_body(f"{norm.kind}_norm_transport", x, norm.weight, norm.bias, bank.weight, bank.bias, s)
         if norm.kind == "rms":
-            return torch.ops.act_fast.rms_norm_transport(
+            return fused(
                 x, norm.weight, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, norm.eps, norm.weight_offset,
                 norm.cast_before_scale,
             )
         if norm.kind == "layer":
-            return torch.ops.act_fast.layer_norm_transport(
-                x, norm.weight, norm.bias, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, norm.eps
-            )
-        return torch.ops.act_fast.group_norm_transport(
+            return fused(x, norm.weight, norm.bias, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, norm.eps)
+        return fused(
             x, norm.num_groups, norm.weight, norm.bias, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, norm.eps,
             self.pool_spatial,
         )

@@ -4,7 +4,7 @@ Conv features (``[B, C, *spatial]``) are transported with ``channel_dim=1`` (poo
 plane's mean with ``pool_spatial``), everything else channels last. Under ``torch.no_grad()``
 (inference, outside torch.compile) the output is transported in place when that is safe: a
 contiguous tensor that is no view and shares no memory with the module's inputs, parameters or
-buffers.
+buffers. In plain eager inference the op's body is called directly (:mod:`act_fast.ops.eager`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import act_fast.ops  # noqa: F401  (registers the torch.ops.act_fast custom ops)
 from act_fast.modeling import first_tensor, output_channel_dim, replace_first_tensor
+from act_fast.ops.eager import op_or_body
 from act_fast.steering.site import SiteContext, SteeredSite
 
 
@@ -62,7 +62,9 @@ class OpSite(SteeredSite):
         bank = self.bank
         pooled = self.pool_spatial and cd == 1 and out.ndim >= 3
         if can_write_in_place(out, module, args, kwargs):
-            torch.ops.act_fast.affine_transport_out(out, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, pooled, out)
+            transport_out = op_or_body("affine_transport_out", out, bank.weight, bank.bias, s)
+            transport_out(out, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, pooled, out)
             return output
-        y = torch.ops.act_fast.affine_transport(out, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, pooled)
+        transport = op_or_body("affine_transport", out, bank.weight, bank.bias, s)
+        y = transport(out, bank.weight, bank.bias, s, 0.0, bank.lo, bank.hi, idx, cd, pooled)
         return replace_first_tensor(output, y)

@@ -6,7 +6,8 @@ path, whose maps and λ were validated when they were set, asks :func:`op_or_bod
 to use: the op's body (the same function the custom op runs, so the same result bit for bit) in
 plain eager inference, or the custom op itself whenever the dispatcher has work to do —
 
-- tracing: ``torch.compile`` / ``torch.export`` (the op must stay opaque in the graph);
+- tracing: ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` (the op must stay opaque
+  in the graph);
 - autograd: grad mode on and any differentiable argument requiring grad;
 - tensor subclasses (fake, functional, DTensor, …) as the input;
 - torch-function or dispatch modes (profilers, FLOP counters, ``with torch.device(...)``).
@@ -35,7 +36,7 @@ BODIES: dict[str, Callable] = {
 def dispatcher_needed(x: Tensor, *differentiable: Tensor | None) -> bool:
     """True when calling ``torch.ops.act_fast.*`` differs from calling its body: see the module
     docstring. ``differentiable``: the other tensor arguments that could record autograd."""
-    if torch.compiler.is_compiling() or type(x) is not Tensor:
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or type(x) is not Tensor:
         return True
     if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
         return True

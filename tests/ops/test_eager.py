@@ -1,6 +1,8 @@
 """act_fast.ops.eager: the op's body is called directly only where that equals the custom op call
 (plain eager inference); the custom op is used whenever the dispatcher has work to do."""
 
+import warnings
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -62,6 +64,19 @@ def test_plain_eager_inference_skips_the_dispatcher_and_everything_else_keeps_it
         assert dispatcher_needed(x)
     with torch._subclasses.fake_tensor.FakeTensorMode() as fake:
         assert dispatcher_needed(fake.from_tensor(x))
+
+
+def test_a_jit_trace_records_the_custom_op():
+    x, w, b = torch.randn(3, 8), torch.rand(8) + 0.5, torch.randn(8)
+
+    def steer(x):
+        return op_or_body("affine_transport", x, w, b)(x, w, b, None, 0.5, None, None, None, 1, False)
+
+    with warnings.catch_warnings():  # torch.jit.trace is deprecated; exporters still trace with it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(steer, (x,))
+    assert "act_fast::affine_transport" in str(traced.graph)
+    assert torch.equal(traced(x), steer(x))
 
 
 def test_under_compile_the_custom_op_is_in_the_graph():

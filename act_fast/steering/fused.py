@@ -1,9 +1,9 @@
 """Fused mode: a registered norm module computes norm + transport in one kernel.
 
 The module's ``forward`` is replaced (an instance attribute; the class is untouched) by a call to
-the fused custom op (or its body in plain eager inference, :mod:`act_fast.ops.eager`), which reproduces the module's own rounding (``NormSpec.cast_before_scale``)
-and transports the rounded output: at λ = 0 the output equals the module's bit for bit on the
-reference path. When the input's dtype differs from the norm parameters' (the module would then
+the fused custom op (or its body in plain eager inference, :mod:`act_fast.ops.eager`), which
+reproduces the module's own rounding (``NormSpec.cast_before_scale``) and transports the rounded
+output: at λ = 0 the output equals the module's bit for bit on the reference path. When the input's dtype differs from the norm parameters' (the module would then
 return another dtype), the call runs the module's own forward and the transport op instead.
 """
 

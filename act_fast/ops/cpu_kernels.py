@@ -4,9 +4,9 @@ the calls the op bodies make when :func:`act_fast.ops.backend.implementation` sa
 The C++ kernels are registered as the ops of the ``act_fast_cpu`` library (``torch.ops.
 act_fast_cpu.*``), vectorized with ``at::vec::Vectorized`` and parallel with ``at::parallel_for``.
 They are bit-identical to :mod:`act_fast.ops.reference` (``torch.equal``) for float32, bfloat16
-and float16; float64 input, conv planes whose spatial dims are not one contiguous block, and
-RMSNorm rows whose channels are not contiguous run the reference instead (its exact result, more
-slowly). The statistics update (:func:`stats_update`) matches
+and float16; for float64 input, conv planes whose spatial dims are not one contiguous block, and
+RMSNorm rows whose channels are not contiguous the calls return None and the op bodies run the
+reference (its exact result, more slowly). The statistics update (:func:`stats_update`) matches
 :func:`act_fast.ops.stats_reference.stats_update_ref` exactly in the histogram, the counts and
 min / max, and to float64 rounding in the moments (float64 tile sums and merges, in another order).
 
@@ -44,14 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from act_fast.ops.reference import (
-    Strength,
-    affine_transport_ref,
-    group_norm_ref,
-    group_norm_transport_ref,
-    layer_norm_transport_ref,
-    rms_norm_transport_ref,
-)
+from act_fast.ops.reference import group_norm_ref
 from act_fast.ops.stats_reference import HistogramParams, stats_update_ref
 
 ENV_SWITCH = "ACT_FAST_CPU_KERNELS"
@@ -314,14 +307,14 @@ def affine_transport(
     channel_dim: int,
     pool_spatial: bool,
     out: Tensor | None = None,
-) -> Tensor:
+) -> Tensor | None:
     """The transport op on a CPU tensor (arguments validated, ``channel_dim`` non-negative), written
-    into ``out`` (contiguous, ``x``'s shape and dtype; may be ``x``) or a new tensor; returns it."""
+    into ``out`` (contiguous, ``x``'s shape and dtype; may be ``x``) or a new tensor; returns it.
+    None when the kernel does not take ``x`` (float64, conv planes that are not one contiguous
+    block): the op body then runs the reference."""
     planes = channel_dim != x.ndim - 1 and x.ndim > 2
     if x.dtype == torch.float64 or (planes and not _planes_are_contiguous(x)):
-        s: Strength = scalar_strength if strength is None else strength
-        y = affine_transport_ref(x, weight, bias, s, lo, hi, channel_dim=channel_dim, pool_spatial=pool_spatial, map_index=map_index)
-        return y.contiguous() if out is None else out.copy_(y)
+        return None
     buffer, copy_to = _target(x, out)
     torch.ops.act_fast_cpu.affine_transport(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, buffer)
     return buffer if copy_to is None else copy_to.copy_(buffer)
@@ -340,14 +333,12 @@ def rms_norm_transport(
     eps: float,
     weight_offset: float,
     cast_before_scale: bool,
-) -> Tensor:
-    """The fused RMSNorm + transport op on a CPU tensor ``[..., C]``; returns a new contiguous tensor."""
+) -> Tensor | None:
+    """The fused RMSNorm + transport op on a CPU tensor ``[..., C]``; returns a new contiguous
+    tensor, or None when the kernel does not take ``x`` (float64, channels not contiguous): the op
+    body then runs the reference."""
     if x.dtype == torch.float64 or (x.shape[-1] > 1 and x.stride(-1) != 1):
-        s: Strength = scalar_strength if strength is None else strength
-        return rms_norm_transport_ref(
-            x, norm_weight, weight, bias, s, lo, hi, eps=eps, weight_offset=weight_offset,
-            cast_before_scale=cast_before_scale, map_index=map_index,
-        ).contiguous()
+        return None
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     torch.ops.act_fast_cpu.rms_norm_transport(
         x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, weight_offset, cast_before_scale, out
@@ -367,11 +358,11 @@ def layer_norm_transport(
     hi: Tensor | None,
     map_index: Tensor | None,
     eps: float,
-) -> Tensor:
-    """The fused LayerNorm + transport op on a CPU tensor ``[..., C]``; returns a new contiguous tensor."""
+) -> Tensor | None:
+    """The fused LayerNorm + transport op on a CPU tensor ``[..., C]``; returns a new contiguous
+    tensor, or None for float64 (the op body then runs the reference)."""
     if x.dtype == torch.float64:
-        s: Strength = scalar_strength if strength is None else strength
-        return layer_norm_transport_ref(x, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps, map_index=map_index).contiguous()
+        return None
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     torch.ops.act_fast_cpu.layer_norm_transport(
         x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, out
@@ -393,15 +384,14 @@ def group_norm_transport(
     map_index: Tensor | None,
     eps: float,
     pool_spatial: bool,
-) -> Tensor:
+) -> Tensor | None:
     """The fused GroupNorm + transport op on CPU conv features ``[B, C, *spatial]``: torch's own
     GroupNorm (the module's output, exactly), then the compiled transport of it in place (two
-    passes, not one). Returns a new contiguous tensor."""
+    passes, not one). Returns a new contiguous tensor, or None when the kernel does not take the
+    input (float64, or a GroupNorm output whose planes are not contiguous): the op body then runs
+    the reference."""
     if x.dtype == torch.float64:
-        s: Strength = scalar_strength if strength is None else strength
-        return group_norm_transport_ref(
-            x, num_groups, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps, pool_spatial=pool_spatial, map_index=map_index
-        ).contiguous()
+        return None
     h = group_norm_ref(x, num_groups, norm_weight, norm_bias, eps)
     out = h if h.is_contiguous() else None
     return affine_transport(h, weight, bias, strength, scalar_strength, lo, hi, map_index, 1, pool_spatial, out)

@@ -124,7 +124,9 @@ def group_norm_transport_impl(
             x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial
         )
     if impl == "cpu":
-        return cpu_kernels.group_norm_transport(x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial)
+        y = cpu_kernels.group_norm_transport(x, num_groups, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, pool_spatial)
+        if y is not None:  # None: an input the compiled kernel does not take
+            return y
     s: Strength = scalar_strength if strength is None else strength
     return group_norm_transport_ref(
         x, num_groups, norm_weight, norm_bias, weight, bias, s, lo, hi,

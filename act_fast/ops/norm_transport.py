@@ -255,7 +255,9 @@ def rms_norm_transport_impl(
             rms=True, eps=eps, weight_offset=weight_offset, cast_before_scale=cast_before_scale,
         )
     if impl == "cpu":
-        return cpu_kernels.rms_norm_transport(x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, weight_offset, cast_before_scale)
+        y = cpu_kernels.rms_norm_transport(x, norm_weight, weight, bias, strength, scalar_strength, lo, hi, map_index, eps, weight_offset, cast_before_scale)
+        if y is not None:  # None: an input the compiled kernel does not take
+            return y
     s: Strength = scalar_strength if strength is None else strength
     return rms_norm_transport_ref(
         x, norm_weight, weight, bias, s, lo, hi, eps=eps, weight_offset=weight_offset,
@@ -283,7 +285,9 @@ def layer_norm_transport_impl(
             x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, rms=False, eps=eps
         )
     if impl == "cpu":
-        return cpu_kernels.layer_norm_transport(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps)
+        y = cpu_kernels.layer_norm_transport(x, norm_weight, norm_bias, weight, bias, strength, scalar_strength, lo, hi, map_index, eps)
+        if y is not None:  # None: float64, which the compiled kernel does not take
+            return y
     s: Strength = scalar_strength if strength is None else strength
     return layer_norm_transport_ref(x, norm_weight, norm_bias, weight, bias, s, lo, hi, eps=eps, map_index=map_index).contiguous()
 

@@ -323,7 +323,9 @@ def _transport_impl(
     if impl == "triton":
         return affine_transport_triton(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, out)
     if impl == "cpu":
-        return cpu_kernels.affine_transport(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, out)
+        y = cpu_kernels.affine_transport(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, out)
+        if y is not None:  # None: an input the compiled kernel does not take
+            return y
     s: Strength = scalar_strength if strength is None else strength
     y = affine_transport_ref(x, weight, bias, s, lo, hi, channel_dim=channel_dim, pool_spatial=pool_spatial, map_index=map_index)
     return y.contiguous() if out is None else out.copy_(y)

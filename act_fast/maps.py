@@ -177,13 +177,30 @@ class SteeringMaps(Mapping[str, AffineMap]):
         metadata = {FORMAT_NAME: json.dumps(self.metadata())}
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
-    def check_model(self, model: torch.nn.Module, channels: Mapping[str, int | None] | None = None) -> None:
+    def to_gguf(self, path: str | os.PathLike, *, model_hint: str | None = None) -> Path:
+        """Writes the maps as a llama.cpp control vector (additive maps at decoder-layer outputs
+        only; anything else is refused with its sites): :func:`act_fast.interop.write_control_vector`."""
+        from act_fast.interop.gguf import write_control_vector
+
+        return write_control_vector(self, path, model_hint=model_hint)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Uploads the maps and a model card to Hub repository ``repo_id``:
+        :func:`act_fast.interop.push_to_hub`."""
+        from act_fast.interop.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def check_model(
+        self, model: torch.nn.Module, channels: Mapping[str, int | None] | None = None, modules: Mapping[str, Any] | None = None
+    ) -> None:
         """Refuses maps that do not fit ``model``: raises ValueError listing every mismatch.
 
-        Checks that each site names a module of ``model`` and, where ``channels`` (site → channel
-        count of the module output, None when unknown) is given, that the counts agree.
+        Checks that each site names a module of ``model`` (or a key of ``modules``, site → module,
+        when names resolve through a wrapper) and, where ``channels`` (site → channel count of the
+        module output, None when unknown) is given, that the counts agree.
         """
-        modules = dict(model.named_modules())
+        modules = dict(model.named_modules()) if modules is None else modules
         problems = [f"site {site!r}: no such module in {type(model).__name__}" for site in self.maps if site not in modules]
         for site, m in self.maps.items():
             expected = None if channels is None else channels.get(site)
@@ -219,12 +236,19 @@ def _read_metadata(path: Path, raw: str) -> tuple[list[str], dict[str, int], int
 def load_maps(path: str | os.PathLike, device: torch.device | str | None = None) -> SteeringMaps:
     """Reads a map file written by :meth:`SteeringMaps.save`, validating it.
 
+    Also reads a GGUF control vector (``.gguf``, :func:`act_fast.interop.read_control_vector`), a
+    folder holding ``maps.safetensors`` (a Hub repository's layout), and a Hugging Face Hub
+    repository id ``owner/name`` that is no local path (:func:`act_fast.interop.load_from_hub`).
+
     Raises:
         FileNotFoundError: no such file.
         MapFileError: a directory, a truncated or corrupt file, not an act_fast map file, a newer
             format version, metadata of the wrong types or listing a site twice, missing or
             misshapen tensors, NaN/Inf values or ``lo > hi``; the message names the file.
     """
+    foreign = _load_foreign(path, device)
+    if foreign is not None:
+        return foreign
     path = Path(path)
     metadata, tensors = read_safetensors(path, "map file", MapFileError)
     raw_meta = metadata.get(FORMAT_NAME)
@@ -251,3 +275,17 @@ def load_maps(path: str | os.PathLike, device: torch.device | str | None = None)
         raise MapFileError(f"{path}: tensors that belong to no listed site: {extra[:8]}")
     loaded = SteeringMaps(maps, **{k: str(meta.get(k, "")) for k in _META_FIELDS})
     return loaded if device is None else loaded.to(device)
+
+
+def _load_foreign(path: str | os.PathLike, device: torch.device | str | None) -> SteeringMaps | None:
+    """A ``.gguf`` control vector, a Hub-layout folder or a Hub repository id, else None."""
+    from act_fast.interop import gguf, hub
+
+    if hub.looks_like_repo_id(path):
+        return hub.load_from_hub(os.fspath(path), device=device)
+    if Path(path).is_dir() and (Path(path) / hub.MAPS_FILE).is_file():
+        return load_maps(Path(path) / hub.MAPS_FILE, device)
+    if Path(path).is_file() and gguf.is_gguf(path):
+        maps = gguf.read_control_vector(path)
+        return maps if device is None else maps.to(device)
+    return None

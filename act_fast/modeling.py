@@ -60,7 +60,13 @@ def replace_first_tensor(output: Any, new: Tensor) -> Any:
 
 def module_device(module: nn.Module, fallback: nn.Module | None = None) -> torch.device:
     """The device of ``module``'s first parameter or buffer, else ``fallback``'s, else the CPU
-    (``device_map`` placements: each module answers for itself)."""
+    (``device_map`` placements: each module answers for itself). Under accelerate's hooks
+    (``device_map`` with offload), the execution device of the module or its first hooked
+    submodule: offloaded parameters sit on the meta device."""
+    for sub in module.modules():
+        device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
     for candidate in (module, fallback):
         if candidate is None:
             continue

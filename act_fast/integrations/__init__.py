@@ -5,6 +5,7 @@ this package."""
 
 from act_fast.integrations.families import PRESET_NAMES, SiteFamily
 from act_fast.integrations.fold_targets import LINEAR_CLASSES, FoldTarget, fold_target
+from act_fast.integrations.hosts import host_refusals, is_adapter_layer, wrapped_site
 from act_fast.integrations.norms import NORM_CLASSES, NormSpec, norm_spec
 from act_fast.integrations.registry import SITE_FAMILIES, model_key
 from act_fast.integrations.selection import GENERIC_PRESETS, SiteSpec, presets, site_names, sites
@@ -20,9 +21,12 @@ __all__ = [
     "SiteFamily",
     "SiteSpec",
     "fold_target",
+    "host_refusals",
+    "is_adapter_layer",
     "model_key",
     "norm_spec",
     "presets",
     "site_names",
     "sites",
+    "wrapped_site",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from act_fast.integrations import fold_target, norm_spec
+from act_fast.integrations import fold_target, host_refusals, norm_spec, wrapped_site
 from act_fast.maps import SteeringMaps, model_fingerprint
 from act_fast.modeling import module_channels
 from act_fast.steering.fold import refuse_fold
@@ -58,18 +58,27 @@ class SitePlan:
         return f"{head} ({why})" if why else head
 
 
+def site_modules(model: nn.Module, sets: Mapping[str, SteeringMaps]) -> dict[str, str]:
+    """Site → the name of its module in ``model`` (the same name, or under a PEFT wrapper's base
+    model: :func:`act_fast.integrations.wrapped_site`), for the sites that resolve."""
+    modules = dict(model.named_modules())
+    found = {site: wrapped_site(model, modules, site) for site in site_order(sets)}
+    return {site: name for site, name in found.items() if name is not None}
+
+
 def check_model(model: nn.Module, sets: Mapping[str, SteeringMaps]) -> None:
     """Refuses maps fitted on another model type, unknown sites and channel mismatches (every
     mismatch listed); warns when the config fingerprint differs."""
     model_type, fingerprint = model_fingerprint(model)
-    modules = dict(model.named_modules())
+    named = dict(model.named_modules())
+    modules = {site: named[name] for site, name in site_modules(model, sets).items()}
     for name, maps in sets.items():
         label = f"map set {name!r}" if name else "maps"
         if maps.model_type and model_type and maps.model_type != model_type:
             raise ValueError(f"{label} were fitted on a {maps.model_type!r} model; this model is {model_type!r}")
         if maps.model_fingerprint and fingerprint and maps.model_fingerprint != fingerprint:
             warnings.warn(f"{label} were fitted on a {maps.model_type} model with another config; check that the sites match", stacklevel=4)
-        maps.check_model(model, {site: module_channels(modules[site]) for site in maps if site in modules})
+        maps.check_model(model, {site: module_channels(modules[site]) for site in maps if site in modules}, modules)
 
 
 def plan(model: nn.Module, maps: MapSets, mode: str = "auto", per_row: bool = False, *, pool_spatial: bool = True) -> list[SitePlan]:
@@ -91,18 +100,20 @@ def plan(model: nn.Module, maps: MapSets, mode: str = "auto", per_row: bool = Fa
     sets, multi = as_map_sets(maps)
     check_model(model, sets)
     modules = dict(model.named_modules())
+    names = site_modules(model, sets)
     plans = []
     for site in site_order(sets):
-        module = modules[site]
+        module = modules[names[site]]
         ctx = SiteContext(
             site, module, norm_spec(module), fold_target(module, pool_spatial),
             [s[site] for s in sets.values() if site in s], multi, per_row, pool_spatial,
         )
+        host = host_refusals(modules, names[site], module, ctx.fold)  # quantized / offloaded / adapter hosts
         candidates = tuple(REFUSALS) if mode == "auto" else (mode,)
         refused: dict[str, str] = {}
         chosen = None
         for candidate in candidates:
-            reason = REFUSALS[candidate](ctx)
+            reason = host.get(candidate) or REFUSALS[candidate](ctx)
             if reason is None:
                 chosen = candidate
                 break

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from act_fast.integrations import FoldTarget, NormSpec
+from act_fast.integrations import FoldTarget, NormSpec, is_adapter_layer
+from act_fast.integrations.hosts import merge_guard
 from act_fast.maps import AffineMap
 from act_fast.steering.control import StrengthControl
 from act_fast.steering.mapsets import MapBank
@@ -64,6 +65,7 @@ class SteeredSite:
         self.bank = bank
         self.control = control
         self.hooks: list[Any] = []  # RemovableHandles this site registered on the module
+        self.attrs: dict[str, Any] = {}  # instance attributes this site set on the module (host guards)
 
     def runtime(self, x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor | None]:
         """λ and map slot for this call; shape checks only (static under torch.compile)."""
@@ -86,10 +88,14 @@ class SteeredSite:
             handle.remove()
         self.hooks.clear()
         self.module.__dict__.pop("__getstate__", None)
+        for name in self.attrs:
+            self.module.__dict__.pop(name, None)
 
     def unsteered_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """``state`` (a copy of the module's ``__dict__``) without this site's hooks and guard."""
         state.pop("__getstate__", None)
+        for name in self.attrs:
+            state.pop(name, None)
         ids = {h.id for h in self.hooks}
         for key in _HOOK_DICTS:
             if key in state:
@@ -101,6 +107,8 @@ class SteeredSite:
         both read ``__getstate__``, which an instance attribute overrides)."""
         site = self
         self.module.__dict__["__getstate__"] = lambda: site.unsteered_state(dict(site.module.__dict__))
+        if is_adapter_layer(self.module):  # PEFT's merge would replace the steered module
+            self.attrs["merge"] = self.module.__dict__["merge"] = merge_guard(self.site, self.mode)
 
     def _as_parameter(self, value: Tensor, like: nn.Parameter) -> nn.Parameter:
         return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)

@@ -5,6 +5,7 @@
 - ``fit``: steering maps from two prompt sources (a model) or two statistics files (no model).
 - ``generate``: greedy continuations, unsteered and at each strength, side by side.
 - ``inspect``: a per-site table of a map (or statistics) file, and a PNG across layers.
+- ``export``: maps in another engine's format (``--format gguf``: a llama.cpp control vector).
 - ``bench``: steered vs unsteered prefill and decode tokens/s per steering mode.
 - ``demo``: steer all-MiniLM-L6-v2 (or any causal LM) from one topic to another and measure it.
 - ``build-cpu``: build the compiled CPU kernels ahead of time (:mod:`act_fast.build`).
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 from act_fast.cli.common import CliError, one_line
 
-SUBCOMMANDS = ("collect", "fit", "generate", "inspect", "bench", "demo", "build_cpu")
+SUBCOMMANDS = ("collect", "fit", "generate", "inspect", "export", "bench", "demo", "build_cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,13 @@ def _get(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
+def _hidden_size(model: nn.Module | None) -> int | None:
+    """The decoder layers' output width from the model's config (None without one)."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    return size if isinstance(size, int) else None
+
+
 def layer_index(site: str) -> int | None:
     """The decoder-layer index of a site that is a decoder layer's output (``…layers.7``, ``…h.7``),
     else None."""
@@ -121,7 +128,13 @@ def additive_maps(
     counts = {m.num_channels for m in maps.values()}
     if len(counts) > 1:
         raise ValueError(f"{source}: vectors of different sizes {dict((s, m.num_channels) for s, m in maps.items())}")
+    hidden = _hidden_size(model)
+    wrong = {site: m.num_channels for site, m in maps.items() if hidden and layer_index(site) is not None and m.num_channels != hidden}
+    if wrong:
+        raise ValueError(f"{source}: decoder layers of this model output {hidden} channels; the vectors have {wrong}")
     result = SteeringMaps(maps, method=METHOD, support="", pooling="", model_type=model_type, model_fingerprint=fingerprint)
     if model is not None:
-        result.check_model(model)
+        from act_fast.steering.plan import check_model
+
+        check_model(model, {"": result})  # sites exist (also through a PEFT wrapper), channel counts agree
     return result

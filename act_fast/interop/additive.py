@@ -110,7 +110,7 @@ def additive_maps(
         raise ValueError(f"{source}: no vectors")
     prefix = None
     maps: dict[str, AffineMap] = {}
-    for key in sorted(vectors, key=lambda k: (isinstance(k, str), k if not isinstance(k, str) else 0, str(k))):
+    for key in sorted(vectors, key=lambda k: (0, int(k), "") if isinstance(k, (int, np.integer)) else (1, 0, str(k))):
         if isinstance(key, str):
             site = key
         elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):

@@ -62,3 +62,8 @@ def test_bad_vectors_are_refused(vectors, error, match):
 def test_model_type_must_agree():
     with pytest.raises(ValueError, match="made for a 'gpt2' model; this model is 'llama'"):
         af.from_vectors({1: torch.ones(32)}, llama(), model_type="gpt2")
+
+
+def test_keys_of_other_types_are_refused_by_name():
+    with pytest.raises(TypeError, match=r"keys must be layer indices \(int\) or site names \(str\), got \(1, 2\)"):
+        af.from_vectors({(1, 2): torch.ones(32), 1: torch.ones(32)}, llama())

@@ -44,9 +44,9 @@ def is_adapter_layer(module: nn.Module) -> bool:
 def _quantized(p: torch.Tensor) -> str | None:
     data = p.data if isinstance(p, nn.Parameter) else p
     if type(data) is not torch.Tensor:
-        return f"a {type(data).__name__} (a quantized tensor subclass)"
+        return f"quantized ({type(data).__name__}, a tensor subclass)"
     if not data.is_floating_point():
-        return f"{data.dtype} (quantized)"
+        return f"quantized ({data.dtype})"
     return None
 
 

@@ -42,7 +42,7 @@ def test_never_folds_into_quantized_weights(models):
     with af.steer(quantized, maps) as handle:
         assert set(handle.modes.values()) == {"op"}
         for line in handle.explain().splitlines():
-            assert "fold refused: its weight is a Int8Tensor (a quantized tensor subclass); act_fast never folds into quantized weights" in line
+            assert "fold refused: its weight is quantized (Int8Tensor, a tensor subclass); act_fast never folds into quantized weights" in line
         for s in SITES:
             assert quantized.get_submodule(s).weight is weights[s]
             assert torch.equal(weights[s].dequantize(), before[s])
@@ -52,7 +52,7 @@ def test_forced_fold_is_refused_at_steer_naming_the_sites(models):
     _, quantized = models
     with pytest.raises(ValueError, match="mode='fold' does not fit 3 site") as err:
         af.steer(quantized, _maps(), mode="fold")
-    assert all(f"{s}: its weight is a Int8Tensor" in str(err.value) for s in SITES)
+    assert all(f"{s}: its weight is quantized (Int8Tensor" in str(err.value) for s in SITES)
 
 
 def test_steering_delta_matches_the_float_model_within_quantization_error(models):

@@ -200,3 +200,10 @@ def test_cli_export_refusal_names_sites(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "act-fast export: error:" in err and "model.layers.1.post_attention_layernorm" in err and "scale" in err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_f16_directions_load_as_float32(tmp_path):
+    value = np.array([0.5, -1.25, 3.0, 65504.0], np.float16)
+    maps = af.load_maps(_write(tmp_path / "h.gguf", {"direction.1": value}))
+    assert maps["model.layers.1"].bias.dtype == torch.float32
+    assert torch.equal(maps["model.layers.1"].bias, torch.from_numpy(value.astype(np.float32)))

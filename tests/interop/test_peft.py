@@ -96,3 +96,15 @@ def test_merging_keeps_steering_outside_adapter_layers_correct():
     assert_close(logits(merged, batch), expected)
     handle.remove()
     assert torch.equal(logits(merged, batch), unsteered_merged)
+
+
+def test_maps_made_on_the_base_model_match_the_wrapper_fingerprint():
+    import warnings
+
+    base, wrapped = _wrapped()
+    maps = af.from_vectors({2: torch.randn(32)}, base)
+    assert maps.model_fingerprint
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with af.steer(wrapped, maps) as handle:
+            assert handle.modes == {"model.layers.2": "op"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from vllm.logger import init_logger
 
 from act_fast.vllm.buffers import TokenControl
@@ -60,6 +61,9 @@ def _check_engine(vllm_config: Any, runner: Any) -> None:
         raise UnsupportedEngineError(f"act_fast steering does not support {', '.join(problems)}")
 
 
+FLAGGED_KEPT = 1024  # flagged request ids kept for inspection (the warnings are the record)
+
+
 def _fresh(groups: Any, num_computed_tokens: int, block_sizes: list[int]) -> list[int]:
     """Block ids of ``groups`` (one list per KV-cache group) past the blocks holding the
     ``num_computed_tokens`` already computed tokens (prefix-cache hits, shared with other requests)."""
@@ -81,10 +85,15 @@ class WorkerSteering:
     leaves NaN rows that poison the attention of whichever request gets the block next. The worker
     therefore remembers every block a steered request was given (``tainted``) and zeroes such a
     block, in every layer, before the step in which vLLM hands it out again as a new block (never a
-    block shared as a prefix-cache hit). Unsteered traffic never pays for it.
+    block shared as a prefix-cache hit). Unsteered traffic never pays for it. Where the runner's KV
+    cache is readable by block (CPU), a reused block is first checked: a steered request that left
+    inf / NaN in it is flagged (a warning naming the request, its map set and λ; ``flagged``).
     """
 
-    def __init__(self, config: EngineSteeringConfig, control: TokenControl, zero_blocks: Any = None, block_sizes: Any = None) -> None:
+    def __init__(
+        self, config: EngineSteeringConfig, control: TokenControl, zero_blocks: Any = None, block_sizes: Any = None,
+        non_finite: Any = None,
+    ) -> None:
         self.set_names = config.set_names
         self.strength_range = config.strength_range
         self.control = control
@@ -92,6 +101,10 @@ class WorkerSteering:
         self.tainted: set[int] = set()  # blocks a steered request was given since they were last zeroed
         self._zero_blocks = zero_blocks  # callable(list[int]) zeroing KV-cache blocks in every layer
         self._block_sizes = block_sizes  # callable() -> block size of each KV-cache group
+        self._non_finite = non_finite  # callable(list[int]) -> the blocks holding inf / NaN, or None
+        self._writers: dict[int, tuple[str, int, float]] = {}  # tainted block -> (req_id, slot, λ) of its last steered owner
+        # req_id -> (map set, λ) of the last FLAGGED_KEPT requests that went non-finite (oldest dropped first)
+        self.flagged: dict[str, tuple[str, float]] = {}
 
     def track(self, scheduler_output: Any) -> None:
         """Learns the step's new requests, forgets the finished ones, and zeroes reused blocks that
@@ -129,11 +142,33 @@ class WorkerSteering:
             reused.extend(b for b in _fresh(groups, computed, sizes) if b in self.tainted)
         if reused:
             reused = sorted(set(reused))
+            if self._non_finite is not None:
+                self._flag(self._non_finite(reused))
             self._zero_blocks(reused)
             self.tainted.difference_update(reused)
+            for b in reused:
+                self._writers.pop(b, None)
         for req_id, groups, _ in given:
             if req_id in self.requests:
-                self.tainted.update(b for blocks in groups or () for b in blocks if b != 0)  # 0: vLLM's null block
+                slot, strength = self.requests[req_id]
+                for b in (b for blocks in groups or () for b in blocks if b != 0):  # 0: vLLM's null block
+                    self.tainted.add(b)
+                    self._writers[b] = (req_id, slot, strength)
+
+    def _flag(self, blocks: list[int]) -> None:
+        for b in blocks:
+            writer = self._writers.get(b)
+            if writer is None or writer[0] in self.flagged:
+                continue
+            req_id, slot, strength = writer
+            self.flagged[req_id] = (self.set_names[slot - 1], strength)
+            if len(self.flagged) > FLAGGED_KEPT:
+                del self.flagged[next(iter(self.flagged))]
+            logger.warning(
+                "act_fast: request %s (map set %r, λ %s) drove the model to inf/NaN: its output is not meaningful and its KV "
+                "blocks held non-finite values (zeroed before reuse, no other request reads them); its maps overflow at this λ",
+                req_id, self.set_names[slot - 1], strength,
+            )
 
     def fill(self, req_ids: list[str], tokens_per_request: np.ndarray) -> None:
         """Per-token λ and slot for a step whose requests run in ``req_ids`` order."""
@@ -179,8 +214,8 @@ def _hook_execute(runner: Any, steering: WorkerSteering) -> None:
     runner.execute_model = execute_model
 
 
-def _block_zeroer(runner: Any) -> tuple[Any, Any]:
-    """``(zero(block_ids), block_sizes())`` with vLLM's own block zeroing of the runner (the one it
+def _block_zeroer(runner: Any) -> tuple[Any, Any, Any]:
+    """``(zero(block_ids), block_sizes(), non_finite(block_ids) or None)`` with vLLM's own block zeroing of the runner (the one it
     uses for Mamba caches): the CPU runner zeroes ``kv_cache[block]`` of every full-attention layer,
     the GPU runners a precomputed list of block segments, built here on first use."""
     from vllm.v1.worker.gpu.model_runner import GPUModelRunner as RunnerV2
@@ -198,7 +233,15 @@ def _block_zeroer(runner: Any) -> tuple[Any, Any]:
     def block_sizes() -> list[int]:
         return [group.kv_cache_spec.block_size for group in runner.kv_cache_config.kv_cache_groups]
 
-    return zero, block_sizes
+    def non_finite(block_ids: list[int]) -> list[int]:
+        """The blocks holding inf / NaN in any layer (the CPU cache: ``kv_cache[block]`` per layer)."""
+        index = torch.tensor(block_ids, dtype=torch.long)
+        bad = torch.zeros(len(block_ids), dtype=torch.bool)
+        for kv in runner.kv_caches:
+            bad |= (~torch.isfinite(kv.index_select(0, index.to(kv.device)))).flatten(1).any(1).cpu()
+        return [b for b, is_bad in zip(block_ids, bad.tolist()) if is_bad]
+
+    return zero, block_sizes, (non_finite if type(runner).__name__ == "CPUModelRunner" else None)
 
 
 def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfig) -> WorkerSteering:

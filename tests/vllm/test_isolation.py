@@ -91,9 +91,11 @@ def _later_requests_match(llm, hf, same_prompt):
 
 @pytest.mark.parametrize("strength", [HI + 0.5, LO - 0.5, 1e30, -1e30, "1e39", 1e39])
 @pytest.mark.parametrize("maps", ["a", EXTREME])
-def test_requests_past_the_bounds_are_refused(llm, maps, strength):
+def test_requests_past_the_bounds_are_refused(llm, hf, maps, strength):
     with pytest.raises(ValueError, match=r"outside this engine's range \[-10.0, 10.0\]|finite in float32"):
-        llm.generate([PROMPTS[0]], params(maps, strength), use_tqdm=False)
+        llm.generate([PROMPTS[0], PROMPTS[2]], [params(maps, strength), params()], use_tqdm=False)
+    outs = llm.generate([PROMPTS[0], PROMPTS[2]], [params(), params("b", 0.5)], use_tqdm=False)  # the engine keeps serving
+    assert [tokens(o) for o in outs] == [hf.generate(PROMPTS[0]), hf.generate(PROMPTS[2], "b", 0.5)]
 
 
 @pytest.mark.parametrize("strength", [LO, HI])
@@ -105,10 +107,12 @@ def test_test_maps_at_the_bounds_match_and_do_not_leak(llm, hf, strength):
 
 @pytest.mark.parametrize("strength", [LO, 1.0, HI])
 def test_extreme_maps_inside_the_range_do_not_reach_later_requests(llm, hf, strength):
-    _generate(llm, PROMPTS[1], EXTREME, strength)  # its own output is garbage: the model went non-finite
+    extreme = _generate(llm, PROMPTS[1], EXTREME, strength)  # its own output is garbage: the model went non-finite
     assert _non_finite_blocks(llm), "the extreme maps must drive the KV cache non-finite for this test to mean anything"
     _later_requests_match(llm, hf, PROMPTS[1])
     assert not _non_finite_blocks(llm), "the reused blocks were zeroed and then overwritten"
+    flagged = _worker(llm)._act_fast.flagged
+    assert any(req_id.startswith(extreme.request_id) and setting == (EXTREME, strength) for req_id, setting in flagged.items()), flagged
 
 
 def test_the_mechanism_stale_nan_rows_of_a_reused_block(llm, hf):

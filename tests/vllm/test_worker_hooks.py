@@ -102,3 +102,16 @@ def test_adaptive_verification_is_refused_at_load_time():
     config.speculative_config = SimpleNamespace(enable_adaptive_verification=True)
     with pytest.raises(UnsupportedEngineError, match="adaptive speculative verification"):
         _check_engine(config, SimpleNamespace(adaptive_verification=None))
+
+
+def test_a_steered_request_that_left_non_finite_blocks_is_flagged():
+    zeroed, checked = [], []
+    config = EngineSteeringConfig({"a": "a.safetensors", "b": "b.safetensors"})
+    steering = WorkerSteering(config, TokenControl(32, "cpu"), zeroed.append, lambda: [4],
+                              lambda ids: checked.append(list(ids)) or [b for b in ids if b == 7])
+    steering.track(_step([_new_blocks("s", {"act_fast_maps": "b", "act_fast_strength": 2.0}, [3, 7]),
+                          _new_blocks("t", {"act_fast_maps": "a"}, [4])]))
+    assert steering.flagged == {}
+    steering.track(_step([_new_blocks("n", None, [7, 4])], finished=["s", "t"]))
+    assert checked == [[4, 7]] and zeroed == [[4, 7]]
+    assert steering.flagged == {"s": ("b", 2.0)}  # "t" left finite values: not flagged

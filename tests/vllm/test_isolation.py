@@ -115,6 +115,19 @@ def test_extreme_maps_inside_the_range_do_not_reach_later_requests(llm, hf, stre
     assert any(req_id.startswith(extreme.request_id) and setting == (EXTREME, strength) for req_id, setting in flagged.items()), flagged
 
 
+@pytest.mark.parametrize("strength", [LO, HI])
+def test_extreme_request_in_the_same_batch_leaves_the_others_alone(llm, hf, strength):
+    """The other requests of the step share the forward (and the attention kernel's scratch
+    buffers) with the non-finite one, never its KV blocks: all equal HF."""
+    cases = [(PROMPTS[0], None, None), (PROMPTS[1], EXTREME, strength), (PROMPTS[2], "a", 1.0), (PROMPTS[3], None, None),
+             (LONG_PROMPT, "b", 0.5)]
+    outs = llm.generate([p for p, _, _ in cases], [params(m, s) for _, m, s in cases], use_tqdm=False)
+    for (prompt, maps, s), out in zip(cases, outs):
+        if maps != EXTREME:
+            assert tokens(out) == hf.generate(prompt, maps, s or 0.0), (prompt, maps, s)
+    _later_requests_match(llm, hf, PROMPTS[1])
+
+
 def test_the_mechanism_stale_nan_rows_of_a_reused_block(llm, hf):
     """Without the worker's zeroing, the next (shorter) unsteered request gets the block the
     non-finite request last wrote (vLLM frees non-cached blocks to the front of its free queue) and

@@ -3,7 +3,8 @@
 Installing ``act_fast[vllm]`` registers :func:`act_fast.vllm.plugin.register` as a vLLM general
 plugin. Engines started with ``additional_config={"act_fast": {"maps": {name: map_file}}}`` steer
 each request by its ``SamplingParams.extra_args`` (server: ``vllm_xargs``) ``act_fast_maps`` (a
-map-set name) and ``act_fast_strength`` (λ). Engines without that entry are left untouched.
+map-set name) and ``act_fast_strength`` (λ, inside the engine's ``"strength_range"``, default
+[-10, 10]). Engines without that entry are left untouched.
 """
 
 from act_fast.vllm.config import CONFIG_KEY, MAPS_FIELD, SteeringConfigError

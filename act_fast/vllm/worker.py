@@ -10,7 +10,8 @@ vLLM 0.32 has two model runners, and both are hooked on their instance (no class
   give the layout.
 
 In both, ``execute_model(scheduler_output, ...)`` is wrapped to learn each new request's
-``sampling_params.extra_args`` and forget finished requests.
+``sampling_params.extra_args`` and forget finished requests, and to zero reused KV-cache blocks
+that a steered request wrote (see :class:`WorkerSteering`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from vllm.logger import init_logger
 
 from act_fast.vllm.buffers import TokenControl
@@ -44,7 +46,13 @@ def _check_engine(vllm_config: Any, runner: Any) -> None:
         problems.append("prefill context parallelism")
     if getattr(parallel, "pipeline_parallel_size", 1) > 1:
         problems.append("pipeline parallelism")
-    if getattr(runner, "adaptive_verification", None) is not None:
+    # vLLM sets runner.adaptive_verification only after load; what it is built from is known now.
+    speculative = getattr(vllm_config, "speculative_config", None)
+    if (
+        getattr(runner, "adaptive_verification", None) is not None
+        or getattr(getattr(runner, "speculator", None), "enable_adaptive_verification", False)
+        or getattr(speculative, "enable_adaptive_verification", False)
+    ):
         problems.append("adaptive speculative verification")
     inductor = getattr(vllm_config.compilation_config, "inductor_compile_config", None) or {}
     if inductor.get("freezing") or (inductor.get("max_autotune") and vllm_config.device_config.device.type == "cpu"):
@@ -53,21 +61,60 @@ def _check_engine(vllm_config: Any, runner: Any) -> None:
         raise UnsupportedEngineError(f"act_fast steering does not support {', '.join(problems)}")
 
 
-class WorkerSteering:
-    """The engine's map sets installed in the worker's model, and the per-request state."""
+FLAGGED_KEPT = 1024  # flagged request ids kept for inspection (the warnings are the record)
 
-    def __init__(self, config: EngineSteeringConfig, control: TokenControl) -> None:
+
+def _fresh(groups: Any, num_computed_tokens: int, block_sizes: list[int]) -> list[int]:
+    """Block ids of ``groups`` (one list per KV-cache group) past the blocks holding the
+    ``num_computed_tokens`` already computed tokens (prefix-cache hits, shared with other requests)."""
+    ids: list[int] = []
+    for g, blocks in enumerate(groups or ()):
+        size = block_sizes[g] if g < len(block_sizes) else block_sizes[-1]
+        ids.extend(blocks[-(-num_computed_tokens // size) :])
+    return ids
+
+
+class WorkerSteering:
+    """The engine's map sets installed in the worker's model, and the per-request state.
+
+    **KV-cache hygiene.** vLLM's CPU attention (and its other paged kernels) computes each KV tile
+    rounded up to whole token groups, masks the logits past the sequence with −inf and then
+    multiplies the softmax weights, 0 there, with the stale V rows of the block: 0 · NaN = NaN. vLLM
+    hands a freed block to the next request as it is (last freed, first reused, without zeroing
+    unless the model has Mamba layers), so a request whose steering made its activations non-finite
+    leaves NaN rows that poison the attention of whichever request gets the block next. The worker
+    therefore remembers every block a steered request was given (``tainted``) and zeroes such a
+    block, in every layer, before the step in which vLLM hands it out again as a new block (never a
+    block shared as a prefix-cache hit). Unsteered traffic never pays for it. Where the runner's KV
+    cache is readable by block (CPU), a reused block is first checked: a steered request that left
+    inf / NaN in it is flagged (a warning naming the request, its map set and λ; ``flagged``).
+    """
+
+    def __init__(
+        self, config: EngineSteeringConfig, control: TokenControl, zero_blocks: Any = None, block_sizes: Any = None,
+        non_finite: Any = None,
+    ) -> None:
         self.set_names = config.set_names
+        self.strength_range = config.strength_range
         self.control = control
         self.requests: dict[str, tuple[int, float]] = {}  # req_id -> (slot, λ) of steered requests
+        self.tainted: set[int] = set()  # blocks a steered request was given since they were last zeroed
+        self._zero_blocks = zero_blocks  # callable(list[int]) zeroing KV-cache blocks in every layer
+        self._block_sizes = block_sizes  # callable() -> block size of each KV-cache group
+        self._non_finite = non_finite  # callable(list[int]) -> the blocks holding inf / NaN, or None
+        self._writers: dict[int, tuple[str, int, float]] = {}  # tainted block -> (req_id, slot, λ) of its last steered owner
+        # req_id -> (map set, λ) of the last FLAGGED_KEPT requests that went non-finite (oldest dropped first)
+        self.flagged: dict[str, tuple[str, float]] = {}
 
     def track(self, scheduler_output: Any) -> None:
-        """Learns the step's new requests and forgets the finished ones."""
+        """Learns the step's new requests, forgets the finished ones, and zeroes reused blocks that
+        a steered request wrote before this step runs."""
+        given: list[tuple[str, Any, int]] = []  # (req_id, block ids per group, computed tokens)
         for new in getattr(scheduler_output, "scheduled_new_reqs", ()):
             params = getattr(new, "sampling_params", None)
             extra = getattr(params, "extra_args", None) if params is not None else None
             try:
-                slot, strength = validate_request(extra, self.set_names)
+                slot, strength = validate_request(extra, self.set_names, self.strength_range)
             except RequestSteeringError as err:  # the front end rejects these; never fail a step here
                 logger.warning("act_fast: request %s runs unsteered: %s", new.req_id, err)
                 slot, strength = 0, 0.0
@@ -75,8 +122,53 @@ class WorkerSteering:
                 self.requests[new.req_id] = (slot, strength)
             else:
                 self.requests.pop(new.req_id, None)
+            given.append((new.req_id, getattr(new, "block_ids", None), int(getattr(new, "num_computed_tokens", 0))))
+        cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
+        if cached is not None:
+            resumed = getattr(cached, "resumed_req_ids", set()) or set()
+            for i, req_id in enumerate(getattr(cached, "req_ids", ())):
+                blocks = cached.new_block_ids[i] if i < len(cached.new_block_ids) else None
+                computed = int(cached.num_computed_tokens[i]) if req_id in resumed else 0
+                given.append((req_id, blocks, computed))
         for req_id in getattr(scheduler_output, "finished_req_ids", ()):
             self.requests.pop(req_id, None)
+        if self._zero_blocks is not None and given:
+            self._hygiene(given)
+
+    def _hygiene(self, given: list[tuple[str, Any, int]]) -> None:
+        sizes = self._block_sizes()
+        reused = []
+        for _, groups, computed in given:
+            reused.extend(b for b in _fresh(groups, computed, sizes) if b in self.tainted)
+        if reused:
+            reused = sorted(set(reused))
+            if self._non_finite is not None:
+                self._flag(self._non_finite(reused))
+            self._zero_blocks(reused)
+            self.tainted.difference_update(reused)
+            for b in reused:
+                self._writers.pop(b, None)
+        for req_id, groups, _ in given:
+            if req_id in self.requests:
+                slot, strength = self.requests[req_id]
+                for b in (b for blocks in groups or () for b in blocks if b != 0):  # 0: vLLM's null block
+                    self.tainted.add(b)
+                    self._writers[b] = (req_id, slot, strength)
+
+    def _flag(self, blocks: list[int]) -> None:
+        for b in blocks:
+            writer = self._writers.get(b)
+            if writer is None or writer[0] in self.flagged:
+                continue
+            req_id, slot, strength = writer
+            self.flagged[req_id] = (self.set_names[slot - 1], strength)
+            if len(self.flagged) > FLAGGED_KEPT:
+                del self.flagged[next(iter(self.flagged))]
+            logger.warning(
+                "act_fast: request %s (map set %r, λ %s) drove the model to inf/NaN: its output is not meaningful and its KV "
+                "blocks held non-finite values (zeroed before reuse, no other request reads them); its maps overflow at this λ",
+                req_id, self.set_names[slot - 1], strength,
+            )
 
     def fill(self, req_ids: list[str], tokens_per_request: np.ndarray) -> None:
         """Per-token λ and slot for a step whose requests run in ``req_ids`` order."""
@@ -122,6 +214,36 @@ def _hook_execute(runner: Any, steering: WorkerSteering) -> None:
     runner.execute_model = execute_model
 
 
+def _block_zeroer(runner: Any) -> tuple[Any, Any, Any]:
+    """``(zero(block_ids), block_sizes(), non_finite(block_ids) or None)`` with vLLM's own block zeroing of the runner (the one it
+    uses for Mamba caches): the CPU runner zeroes ``kv_cache[block]`` of every full-attention layer,
+    the GPU runners a precomputed list of block segments, built here on first use."""
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as RunnerV2
+
+    def zero(block_ids: list[int]) -> None:
+        if isinstance(runner, RunnerV2):
+            if runner.kv_block_zeroer is None:
+                runner._init_kv_zero_meta()
+            runner.kv_block_zeroer.zero_block_ids(block_ids)
+            return
+        if type(runner).__name__ != "CPUModelRunner" and not hasattr(runner, "_kv_block_zeroer"):
+            runner._init_kv_zero_meta()
+        runner._zero_block_ids(block_ids)
+
+    def block_sizes() -> list[int]:
+        return [group.kv_cache_spec.block_size for group in runner.kv_cache_config.kv_cache_groups]
+
+    def non_finite(block_ids: list[int]) -> list[int]:
+        """The blocks holding inf / NaN in any layer (the CPU cache: ``kv_cache[block]`` per layer)."""
+        index = torch.tensor(block_ids, dtype=torch.long)
+        bad = torch.zeros(len(block_ids), dtype=torch.bool)
+        for kv in runner.kv_caches:
+            bad |= (~torch.isfinite(kv.index_select(0, index.to(kv.device)))).flatten(1).any(1).cpu()
+        return [b for b, is_bad in zip(block_ids, bad.tolist()) if is_bad]
+
+    return zero, block_sizes, (non_finite if type(runner).__name__ == "CPUModelRunner" else None)
+
+
 def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfig) -> WorkerSteering:
     """Loads and checks the map sets, installs them in ``runner.model`` and hooks the runner.
 
@@ -145,7 +267,7 @@ def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfi
     device = next(model.parameters()).device
     control = TokenControl(runner.max_num_tokens, device)
     install_sites(model, plans, map_sets, control)
-    steering = WorkerSteering(config, control)
+    steering = WorkerSteering(config, control, *_block_zeroer(runner))
     _hook_execute(runner, steering)
     (_hook_v2 if isinstance(runner, RunnerV2) else _hook_v1)(runner, steering)
     # vLLM keys its compile cache on the config hash, which covers additional_config: make that

@@ -302,7 +302,11 @@ class ChannelStats:
         self._cal_flat |= new & flat
         done |= usable
         self._calibrated = True
-        flags = torch.stack([done.all(), self._cal_deferred.any(), self._cal_flat.any()])
+        self._post_calibration_flags(torch.stack([done.all(), self._cal_deferred.any(), self._cal_flat.any()]))
+
+    def _post_calibration_flags(self, flags: Tensor) -> None:
+        """Sends ``flags`` (bool ``[3]``: all calibrated, any deferred, any flat) to the host without
+        waiting: a non-blocking copy and an event on CUDA; read by the next poll or query."""
         event = None
         if flags.device.type == "cuda":
             event = torch.cuda.Event()
@@ -365,14 +369,14 @@ class ChannelStats:
             self._store_calibration(centre, exp_offset)
             self._cal_deferred.copy_(~usable)
             self._cal_flat.copy_(flat)
-            self._read_calibration_flags(torch.stack([usable.all(), (~usable).any(), flat.any()]).cpu())
-            self._cal_pending = False
+            self._post_calibration_flags(torch.stack([torch.ones_like(usable[0]), (~usable).any(), flat.any()]))
             return self
         self._store_calibration(torch.where(usable, centre, 0.0), torch.where(usable, exp_offset, 0))
         self._cal_done.copy_(usable)
         self._cal_deferred.copy_(~usable)
         self._cal_flat.copy_(flat)
-        self._read_calibration_flags(torch.stack([usable.all(), (~usable).any(), flat.any()]).cpu())
+        self._cal_pending = True  # until the flags say otherwise
+        self._post_calibration_flags(torch.stack([usable.all(), (~usable).any(), flat.any()]))
         return self
 
     def set_calibration(self, centre: "Tensor | ChannelStats", exp_offset: Tensor | None = None) -> "ChannelStats":

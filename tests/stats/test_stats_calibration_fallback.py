@@ -80,11 +80,10 @@ def test_flat_first_batch_warns_and_clean_batches_do_not(recwarn):
 def test_explicit_calibrate_leaves_channels_without_values_waiting():
     x = torch.randn(10, 2)
     x[:, 0] = math.nan
-    stats = af.ChannelStats(2)
-    with pytest.warns(UserWarning, match="no finite value"):
-        stats.calibrate(x)
+    stats = af.ChannelStats(2).calibrate(x)
     assert stats.calibrated_channels.tolist() == [False, True]
-    stats.update(torch.randn(10, 2) + 7.0)
+    with pytest.warns(UserWarning, match="no finite value"):  # read by the next update, no sync in calibrate
+        stats.update(torch.randn(10, 2) + 7.0)
     assert stats.calibrated and stats.calibration[0][0] != 0
 
 
@@ -98,3 +97,25 @@ def test_pending_calibration_round_trips_through_a_state_dict():
     stats.update(y)
     loaded.update(y)
     assert torch.equal(stats.histogram, loaded.histogram) and torch.equal(stats.calibration[0], loaded.calibration[0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_calibration_steps_read_no_device_values(backend):
+    """The calibration step of an update (a first batch without usable rows, then a batch that
+    calibrates) only launches device work: its flags reach the host by a non-blocking copy, read by
+    a later update or query (on CPU the patched reads would see that read; on CUDA it is an event
+    poll on a pinned copy)."""
+    from tests.stats.test_collect import no_host_sync
+
+    x = channel_at_100()[:16]
+    stats = af.ChannelStats(2)
+    previous = set_backend(backend)
+    try:
+        with no_host_sync():
+            stats.update(x, torch.zeros(16, dtype=torch.bool))
+        stats._calibration_pending()  # the host reads the posted flags here, outside the patch
+        with no_host_sync():
+            stats.update(x)
+    finally:
+        set_backend(previous)
+    assert stats.calibrated and torch.equal(stats.calibration[0], calibrate_ref(x, stats.params)[0])

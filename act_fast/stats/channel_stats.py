@@ -89,8 +89,9 @@ class ChannelStats:
 
     (bucket width; the zero bucket ``[c − 2^(E_lo+k), c + 2^(E_lo+k)]``; float32 rounding of
     ``x − c``, zero when ``x`` is within a factor 2 of ``c``). Beyond the window the error is at most
-    the distance from ``c ± 2^(E_hi+k)`` to the exact min / max. :meth:`quantile_error_bound`
-    evaluates it. Float64 input is bucketed rounded to float32 (add ``2^-24·|Q|``). Input of one
+    the distance from ``c ± 2^(E_hi+k)`` to the exact min / max. After merges of different
+    calibrations add ``(1 + 2^(1-m))·(rel·|Q − c| + abs)`` (:attr:`merge_envelope`,
+    :mod:`act_fast.stats.rebucket`). :meth:`quantile_error_bound` evaluates it. Float64 input is bucketed rounded to float32 (add ``2^-24·|Q|``). Input of one
     dtype (float32, bfloat16, float16) lies on that dtype's value grid (:attr:`value_grid`): each
     bucket's mass is put on the grid values it can hold, so a bucket narrower than the grid
     spacing is an exact point mass (quantised data is not smeared over buckets it only touches).

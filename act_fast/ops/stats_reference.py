@@ -214,8 +214,10 @@ def calibrate_channels_ref(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`calibrate_ref` plus which channels it could calibrate: ``(centre, exp_offset, usable,
     flat)`` with ``usable`` (bool ``[C]``) the channels with at least one finite value (the others
-    get ``c = 0, k = 0``, a placeholder) and ``flat`` (bool ``[C]``) the usable channels whose values
-    have no spread (the ``s = |c|`` / ``s = 1`` fallbacks). No host synchronisation."""
+    get ``c = 0, k = 0``, a placeholder) and ``flat`` (bool ``[C]``) the channels calibrated from a
+    single finite value, whose spread is unknown (the ``s = |c|`` / ``s = 1`` fallbacks; a constant
+    channel with several values uses them too, but its values all sit at the centre). No host
+    synchronisation."""
     if x.shape[0] == 0:
         zeros = torch.zeros(x.shape[1], device=x.device)
         none = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
@@ -228,7 +230,7 @@ def calibrate_channels_ref(
     centre = torch.where((n > 0) & (median.abs() >= tiny), median, 0.0).to(torch.float32)
     dev = torch.where(valid, (xf.to(torch.float64) - centre.to(torch.float64)).abs(), 0.0)
     spread = dev.sum(0) / n.clamp_min(1).to(torch.float64)
-    flat = (n > 0) & ~(spread > 0)
+    flat = n == 1
     spread = torch.where(spread > 0, spread, centre.abs().to(torch.float64))
     spread = torch.where(spread > 0, spread, 1.0)
     exp_offset = torch.frexp(spread).exponent.to(torch.int64) - 1

@@ -74,7 +74,8 @@ class ChannelStats:
     channel), ``s = 1`` when also ``c = 0``. A channel without finite values in a batch (fully
     masked, all NaN) is not calibrated by it and waits for a later batch; it has no histogram counts
     meanwhile, so nothing is lost. Both fallbacks warn once (:attr:`calibration_fallbacks` names the
-    channels). On CUDA the host learns that every channel is calibrated from a non-blocking copy a
+    channels; the scale fallback only when a channel was calibrated from a single value, since a
+    constant channel's values sit at its centre anyway). On CUDA the host learns that every channel is calibrated from a non-blocking copy a
     later update polls; until then each update also runs the calibration step (a per-channel
     median) for the channels still waiting. :meth:`calibrate` fixes it explicitly (with
     ``group=``, identically on every rank), :meth:`set_calibration` copies one (resuming, merging).
@@ -241,8 +242,8 @@ class ChannelStats:
     def calibration_fallbacks(self) -> dict[str, Tensor]:
         """Where the automatic calibration could not use the first batch as is (copies, bool ``[C]``):
         ``deferred``, channels without a finite value in the first update with rows (calibrated later,
-        from the first rows with finite values for them); ``flat``, channels calibrated from values
-        without spread (one value, a constant channel), whose scale fell back to ``|c|`` or 1."""
+        from the first rows with finite values for them); ``flat``, channels calibrated from a single
+        value (a one-row batch), whose scale fell back to ``|c|`` or 1."""
         return {"deferred": self._cal_deferred.clone(), "flat": self._cal_flat.clone()}
 
     @property
@@ -329,8 +330,8 @@ class ChannelStats:
                 )
             if flat:
                 reasons.append(
-                    "some channels were calibrated from values without spread (one row or a constant channel): "
-                    "their scale fell back to |centre| (or 1 at centre 0)"
+                    "some channels were calibrated from a single value (a one-row batch), so their spread was "
+                    "unknown: their scale fell back to |centre| (or 1 at centre 0)"
                 )
             warnings.warn(
                 f"ChannelStats({self.num_channels} channels) calibration fell back: {'; '.join(reasons)}. "

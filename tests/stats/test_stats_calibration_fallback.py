@@ -72,7 +72,7 @@ def test_flat_first_batch_warns_and_clean_batches_do_not(recwarn):
     af.ChannelStats(3).update(torch.randn(50, 3)).quantile(0.5)
     assert not [w for w in recwarn if "calibration fell back" in str(w.message)]
     stats = af.ChannelStats(3)
-    with pytest.warns(UserWarning, match="without spread"):
+    with pytest.warns(UserWarning, match="single value"):
         stats.update(torch.randn(1, 3)).quantile(0.5)
     assert stats.calibration_fallbacks["flat"].all()
 

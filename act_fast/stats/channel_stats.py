@@ -320,7 +320,8 @@ class ChannelStats:
         """Host side of a calibration step: ``flags`` = (all done, any deferred, any flat), on the CPU."""
         all_done, deferred, flat = (bool(v) for v in flags.tolist())
         self._cal_pending = not all_done
-        if (deferred or flat) and not self._cal_warned:
+        # Exact mode answers from the kept rows: the histogram's calibration does not reach the queries.
+        if (deferred or flat) and not self._cal_warned and not self.exact:
             self._cal_warned = True
             reasons = []
             if deferred:

@@ -27,8 +27,8 @@ def assert_same_maps(a, b):
 
 @pytest.mark.parametrize("pooling,method,exact", [("mean", "linear_act", None), ("none", "linear_act", False), ("last", "mean_act", None)])
 def test_layerwise_equals_whole_model_forwards(pooling, method, exact):
-    model = tiny_llama(num_hidden_layers=4)
-    src, tgt = prompts(1), prompts(2)
+    model = tiny_llama(num_hidden_layers=3)
+    src, tgt = prompts(1, n_batches=2), prompts(2, n_batches=2)
     kw = dict(method=method, pooling=pooling, exact=exact, progress=False)
     whole = af.fit(model, src, tgt, SITES, layerwise=False, **kw)
     by_layer = af.fit(model, src, tgt, SITES, layerwise=True, **kw)

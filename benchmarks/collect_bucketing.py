@@ -25,6 +25,17 @@ from pathlib import Path
 import torch
 
 
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=256)
@@ -83,7 +94,7 @@ def main() -> None:
         commit = "?"
     result = {
         "what": "act-fast collect length bucketing: collect vs plain forward, source order vs sorted (issue 23 item 4)",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(),
                     "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "threads": 1,
                     "note": "shared machine: other jobs ran at the same time; compare ratios within this file only"},
         "commit": commit, "torch": torch.__version__,

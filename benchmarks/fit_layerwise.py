@@ -45,6 +45,17 @@ def model_and_batches(layers: int, batches: int, seed: int = 0):
     return model, side(), side()
 
 
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=8)
@@ -88,7 +99,7 @@ def main() -> None:
         commit = "?"
     result = {
         "what": "incremental fit layer by layer vs at-once fit (issue 23 item 2)",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(),
                     "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "threads": 1,
                     "note": "shared machine: other jobs ran at the same time; compare ratios within this file only"},
         "commit": commit, "torch": torch.__version__,

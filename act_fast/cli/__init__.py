@@ -2,6 +2,7 @@
 
 - ``collect``: per-site activation statistics over a prompt source, to a statistics file;
   sharded under ``torchrun``, checkpointed, resumable (:mod:`act_fast.cli.collect`).
+- ``merge``: one statistics file from several collected apart, whatever their calibrations.
 - ``fit``: steering maps from two prompt sources (a model) or two statistics files (no model).
 - ``generate``: greedy continuations, unsteered and at each strength, side by side.
 - ``inspect``: a per-site table of a map (or statistics) file, and a PNG across layers.
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 from act_fast.cli.common import CliError, one_line
 
-SUBCOMMANDS = ("collect", "fit", "generate", "inspect", "export", "bench", "demo", "build_cpu")
+SUBCOMMANDS = ("collect", "merge", "fit", "generate", "inspect", "export", "bench", "demo", "build_cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:

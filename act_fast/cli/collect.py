@@ -1,15 +1,19 @@
 """``act-fast collect``: per-site activation statistics of a model over a prompt source, written to
 a statistics file; sharded under ``torchrun``, checkpointed and resumable.
 
-Sharding: the prompts are cut into global batches of ``--batch-size`` in source order; rank ``r``
-of ``W`` runs batches ``r, r + W, r + 2W, …`` (so rank 0's first batch is the global first batch,
+Length bucketing: the prompts are read in windows of ``--sort-window`` batches; each window is
+sorted by prompt length in characters (ties in source order) and cut into global batches of
+``--batch-size``, so a batch pads to a length close to its prompts' (``--sort-window 1``: source
+order). The order is a function of the data and these settings only. Sharding: rank ``r`` of
+``W`` runs global batches ``r, r + W, r + 2W, …`` (so rank 0's first batch is the global first batch,
 whose activations fix each channel's histogram calibration exactly as in a single-process run).
 Each rank reads the whole stream (text is cheap next to a forward pass) and tokenises only its
 own batches. Statistics are merged with ``ChannelStats.all_reduce``; rank 0 writes.
 
 Checkpoints: every ``K`` rounds (``K`` batches per process) the merged statistics are written to
-``--out`` atomically, with how many prompts were consumed, a SHA-256 of them, and the run's
-settings (world size, batch size, …). ``--resume`` checks the settings and the hash, skips the
+``--out`` atomically, with how many prompts of completed windows were consumed, a SHA-256 of them,
+how many batches of the window under way are done, and the run's settings (world size, batch
+size, sort window, …). ``--resume`` checks the settings and the hash, skips the
 consumed prompts and continues; a run killed at any moment loses at most the work since the last
 checkpoint, and its resumed result equals an uninterrupted run (see the README for what "equal"
 means with several processes).
@@ -30,6 +34,7 @@ from act_fast.cli import common
 from act_fast.cli.common import CliError
 
 DEFAULT_SITES = "post_layernorm"
+DEFAULT_SORT_WINDOW = 16
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=POOLINGS, default="mean",
                    help="one row per prompt (mean / last / max / min over its tokens) or per token (none) (default: %(default)s)")
     p.add_argument("--batch-size", type=common.positive_int, default=8, help="prompts per forward pass and process (default: %(default)s)")
+    p.add_argument("--sort-window", type=common.positive_int, default=DEFAULT_SORT_WINDOW, metavar="K",
+                   help="sort the prompts by length within windows of K batches, so batches pad little; 1: source order "
+                   "(default: %(default)s)")
     p.add_argument("--max-length", type=common.positive_int, metavar="TOKENS",
                    help="truncate prompts to this many tokens (default: the model's maximum)")
     p.add_argument("--limit", type=common.positive_int, metavar="N", help="use only the first N prompts of the source")
@@ -83,10 +91,12 @@ class Record:
     tokens: int = 0
     data_sha256: str = ""
     complete: bool = False
+    window_batches: int = 0  # batches of the window under way already collected
 
     def as_dict(self) -> dict[str, Any]:
         return {"settings": self.settings, "prompts": self.prompts, "batches": self.batches, "rows": self.rows,
-                "tokens": self.tokens, "data_sha256": self.data_sha256, "complete": self.complete}
+                "tokens": self.tokens, "data_sha256": self.data_sha256, "complete": self.complete,
+                "window_batches": self.window_batches}
 
 
 def settings_of(args: argparse.Namespace, world: int) -> dict[str, Any]:
@@ -94,7 +104,7 @@ def settings_of(args: argparse.Namespace, world: int) -> dict[str, Any]:
     prompts consumed so far are the same)."""
     return {"world_size": world, "batch_size": args.batch_size, "max_length": args.max_length, "pooling": args.pooling,
             "sites": args.sites, "field": args.field, "split": args.split, "subset": args.subset, "dtype": args.dtype,
-            "mantissa_bits": args.mantissa_bits}
+            "mantissa_bits": args.mantissa_bits, "sort_window": args.sort_window}
 
 
 def read_checkpoint(out: Path, settings: dict[str, Any]) -> Record:
@@ -105,14 +115,14 @@ def read_checkpoint(out: Path, settings: dict[str, Any]) -> Record:
     saved = meta.get("metadata", {}).get("collect")
     if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
         raise CliError(f"{out} is a statistics file but not one written by act-fast collect; it cannot be resumed")
-    old = saved["settings"]
+    old = {"sort_window": 1, **saved["settings"]}  # files from before length bucketing read in source order
     names = {"world_size": "world size (torchrun processes)"}
     diffs = [f"{names.get(k, '--' + k.replace('_', '-'))} {old.get(k)!r} → {v!r}" for k, v in settings.items() if old.get(k) != v]
     if diffs:
         raise CliError(f"cannot resume {out}: settings differ from the run that wrote it ({'; '.join(diffs)})")
     try:
         return Record(old, int(saved["prompts"]), int(saved["batches"]), int(saved["rows"]), int(saved["tokens"]),
-                      str(saved["data_sha256"]), bool(saved["complete"]))
+                      str(saved["data_sha256"]), bool(saved["complete"]), int(saved.get("window_batches", 0)))
     except (KeyError, TypeError, ValueError):
         raise CliError(f"{out}: corrupt act-fast collect record in its metadata") from None
 
@@ -144,16 +154,31 @@ def skip_consumed(prompts: Iterator[str], record: Record, source: str, digest: P
         raise CliError(f"cannot resume: the first {record.prompts} prompts of {source} differ from those the checkpoint consumed (different data or order)")
 
 
+def length_sorted_batches(prompts: Iterator[str], batch_size: int, window: int, skip: int = 0) -> Iterator[tuple[list[str], list[str] | None]]:
+    """Global batches of ``prompts``: each window of ``window × batch_size`` prompts sorted by length in
+    characters (stable: ties keep source order; ``window = 1`` keeps source order) and cut into batches.
+    Yields ``(batch, window_prompts)``, ``window_prompts`` (source order) with the window's last
+    batch only, else None. ``skip``: batches of the first window already collected (a resume)."""
+    while chunk := list(itertools.islice(prompts, window * batch_size)):
+        ordered = chunk if window == 1 else sorted(chunk, key=len)
+        batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+        for k, batch in enumerate(batches):
+            if k >= skip:
+                yield batch, (chunk if k == len(batches) - 1 else None)
+        skip = 0
+
+
 @dataclass
 class Shard:
     """This rank's batches of the global batch stream, read round by round (W global batches)."""
 
-    batches: Iterator[list[str]]
+    batches: Iterator[tuple[list[str], list[str] | None]]
     rank: int
     world: int
     digest: PromptHash
     prompts: int = 0
     global_batches: int = 0
+    window_batches: int = 0
     exhausted: bool = False
     pending: list[list[str]] | None = field(default=None, repr=False)
 
@@ -161,15 +186,18 @@ class Shard:
         if self.pending is not None:
             round_, self.pending = self.pending, None
             return round_
-        round_ = list(itertools.islice(self.batches, self.world))
-        if not round_:
+        items = list(itertools.islice(self.batches, self.world))
+        if not items:
             self.exhausted = True
             return None
-        for batch in round_:
-            self.digest.add(batch)
-            self.prompts += len(batch)
-        self.global_batches += len(round_)
-        return round_
+        for _, window in items:
+            self.window_batches += 1
+            if window is not None:  # a window done: its prompts count as consumed, in source order
+                self.digest.add(window)
+                self.prompts += len(window)
+                self.window_batches = 0
+        self.global_batches += len(items)
+        return [batch for batch, _ in items]
 
     def peek_round(self) -> list[list[str]] | None:
         self.pending = self.next_round()
@@ -189,7 +217,7 @@ class Shard:
 def run(args: argparse.Namespace) -> int:
     from act_fast.cli import distributed
     from act_fast.cli.models import load_config
-    from act_fast.prompts import batched, read_prompts
+    from act_fast.prompts import read_prompts
 
     # Everything checkable without the model, first.
     device = common.check_device(args.device)
@@ -217,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
         skip_consumed(prompts, record, source.describe(), digest)
     if args.limit is not None:
         prompts = itertools.islice(prompts, max(0, args.limit - record.prompts))
-    shard = Shard(batched(prompts, args.batch_size), distributed.rank(), world, digest, record.prompts, record.batches)
+    shard = Shard(length_sorted_batches(prompts, args.batch_size, args.sort_window, record.window_batches), distributed.rank(), world,
+                  digest, record.prompts, record.batches, record.window_batches)
     if not resuming:
         first = shard.peek_round()  # every process needs a first batch (it calibrates the histograms)
         if first is None:
@@ -263,16 +292,17 @@ def _collect(args, dist, source, out: Path, sites_arg, config, record: Record, r
         stats = loaded if dist.main else {site: empty_like(s) for site, s in loaded.items()}
 
     bar = _progress_bar(args, dist, source, record)
-    rows = tokens = 0  # this rank, this run
+    rows = tokens = slots = 0  # this rank, this run; slots: padded batch positions
     loaded_at = time.perf_counter()
 
     def my_batches(rounds: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        nonlocal rows, tokens
+        nonlocal rows, tokens, slots
         for texts in shard.mine(rounds):
             batch = tokenize(tokenizer, texts, max_length, token_type_ids=token_types)
             n_tokens = int(batch["attention_mask"].sum())
             yield batch
             tokens += n_tokens
+            slots += batch["attention_mask"].numel()
             rows += n_tokens if args.pooling == "none" else len(texts)
             if bar is not None:
                 bar.update(shard.prompts - bar.n)
@@ -290,7 +320,7 @@ def _collect(args, dist, source, out: Path, sites_arg, config, record: Record, r
                 s.all_reduce(dist.group)
         if dist.main:
             saved = Record(record.settings, shard.prompts, shard.global_batches, record.rows + run_rows,
-                           record.tokens + run_tokens, shard.digest.hexdigest(), complete)
+                           record.tokens + run_tokens, shard.digest.hexdigest(), complete, shard.window_batches)
             meta = {"pooling": args.pooling, "model": args.model, "data": source.describe(), "max_length": max_length,
                     "collect": saved.as_dict()}
             af.save_stats(merged, out, metadata=meta, model=model)
@@ -315,6 +345,7 @@ def _collect(args, dist, source, out: Path, sites_arg, config, record: Record, r
             print(f"{out}: nothing left to collect ({record.prompts:,} prompts of {source.describe()} already in it)")
         return 0
     run_rows, run_tokens = checkpoint(complete=True)
+    (run_slots,) = dist.sum([slots])
     if dist.main:
         seconds = max(time.perf_counter() - loaded_at, 1e-9)
         new_prompts = shard.prompts - record.prompts
@@ -323,6 +354,8 @@ def _collect(args, dist, source, out: Path, sites_arg, config, record: Record, r
         print(
             f"collected {new_prompts:,} prompts{resumed} ({run_rows:,} rows, {run_tokens:,} tokens) at {len(site_names)} sites "
             f"in {seconds:.1f} s ({new_prompts / seconds:,.1f} prompts/s, {run_tokens / seconds:,.0f} tokens/s) on {procs}; "
+            f"padding {100 * (1 - run_tokens / max(run_slots, 1)):.1f} % of the batches' token slots "
+            f"({'sorted by length in windows of ' + str(args.sort_window) + ' batches' if args.sort_window > 1 else 'source order'}); "
             f"model load {loaded_at - start:.1f} s"
         )
         print(f"wrote {out} ({common.human_bytes(out.stat().st_size)}): {len(site_names)} sites, {record.rows + run_rows:,} rows, "

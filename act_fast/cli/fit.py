@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     text.add_argument("--independent", action="store_true",
                       help="fit every site on the unsteered model in one pass (default: incremental, site l on activations "
                       "already transported by the maps before it)")
+    text.add_argument("--cache-budget", type=byte_count, metavar="BYTES",
+                      help="incremental fits run layer by layer and keep the activations entering each block for every prompt: "
+                      "at most this much in memory (both sides; suffixes K, M, G), the rest in temporary files (default: all in memory)")
     stats = p.add_argument_group("from statistics files (no model)")
     stats.add_argument("--source-stats", metavar="STATS.safetensors", help="statistics of the source prompts (act-fast collect)")
     stats.add_argument("--target-stats", metavar="STATS.safetensors", help="statistics of the target prompts")
@@ -140,6 +143,34 @@ def _from_stats(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
     return fitted, time.perf_counter() - start
 
 
+def byte_count(text: str) -> int:
+    """``--cache-budget``: a non-negative byte count, optionally with a K / M / G suffix (powers of 1000)."""
+    value = text.strip().upper().removesuffix("B")
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(value[-1:], 1)
+    number = value[:-1] if scale > 1 else value
+    try:
+        count = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a byte count such as 500M or 2G, got {text!r}") from None
+    if not count >= 0 or count == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative byte count, got {text!r}")
+    return int(count * scale)
+
+
+def _announce_layerwise(model: Any, sites: list[str], batches: dict[str, list], budget: int | None) -> None:
+    """Says, before the fit starts, whether it runs layer by layer and what it keeps per token."""
+    from act_fast.estimators.layerwise import estimate_bytes_per_token
+
+    per_token, why = estimate_bytes_per_token(model, sites, batches["source"][0])
+    if per_token is None:
+        print(f"incremental fit by whole-model forwards (one per site and side), not layer by layer: {why}")
+        return
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for side in batches.values() for b in side)
+    where = "in memory" if budget is None else f"in memory up to {common.human_bytes(budget)}, the rest in temporary files"
+    print(f"incremental fit layer by layer: {per_token:,.0f} bytes kept per prompt token, about "
+          f"{common.human_bytes(int(per_token * tokens))} for {tokens:,} tokens ({where})")
+
+
 def _from_text(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
     import itertools
 
@@ -174,7 +205,10 @@ def _from_text(args: argparse.Namespace, support: Any) -> tuple[Any, float]:
                              steps=args.steps, lr=args.lr, l1=args.l1, group=args.group_lasso,
                              pooling=args.pooling or "mean", seed=args.seed, progress=progress)
     else:
+        if not args.independent:
+            _announce_layerwise(model, sites, batches, args.cache_budget)
         maps = af.fit(model, source_batches=batches["source"], target_batches=batches["target"], sites=sites, method=args.method,
-                      support=support, incremental=not args.independent, pooling=args.pooling or "mean", progress=progress)
+                      support=support, incremental=not args.independent, pooling=args.pooling or "mean", progress=progress,
+                      cache_budget=args.cache_budget)
     return maps, time.perf_counter() - start
 

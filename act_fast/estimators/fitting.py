@@ -12,8 +12,9 @@ from act_fast.estimators.closed_form import estimator, fit_map, resolve_support
 from act_fast.estimators.support import Support, support_levels, support_name
 from act_fast.integrations import SiteSpec, site_names
 from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
-from act_fast.modeling import Batch, Hook, progress_bar, run_batches
-from act_fast.stats.collection import collect_into
+from act_fast.estimators import layerwise as _layerwise
+from act_fast.modeling import Batch, Hook, StopForward, module_device, progress_bar, resolve_sites, run_batches
+from act_fast.stats.collection import _Collector, collect_into
 from act_fast.stats.pooling import POOLINGS
 from act_fast.steering import steer
 
@@ -89,6 +90,81 @@ def _fit_incremental(model, names, source, target, method, support, std_eps, col
     return maps
 
 
+def _fit_layerwise(
+    model, blocks: _layerwise.BlockPlan, source, target, method, support, std_eps, collect_kw, cache_budget: int | None
+) -> dict[str, AffineMap]:
+    """Sites fitted block by block from kept block inputs (:mod:`act_fast.estimators.layerwise`);
+    the same maps as :func:`_fit_incremental`."""
+    device = module_device(model)
+    bar = collect_kw["bar"]
+    half = None if cache_budget is None else cache_budget // 2
+    modules = resolve_sites(model, [s for names in blocks.sites.values() for s in names])
+    sides: list[_layerwise.SideInputs] = []
+    maps: dict[str, AffineMap] = {}
+    handles = []
+    try:
+        for batches in (source, target):
+            sides.append(_layerwise.capture(model, blocks.blocks[0][1], batches, half, bar))
+        per_token = sum(_layerwise.bytes_per_token(side) * side.tokens for side in sides) / max(sum(side.tokens for side in sides), 1)
+        spilled = sum(side.hidden.spilled for side in sides)
+        _layerwise.log.info(
+            "fit layer by layer over %d blocks of %s: %.0f bytes kept per prompt token (%s on disk)",
+            len(blocks.blocks), blocks.stack, per_token, f"{spilled:,} bytes" if spilled else "nothing",
+        )
+        last = blocks.blocks[-1][0]
+        for index, block in blocks.blocks:
+            for name in blocks.sites.get(index, []):
+                pair = []
+                for side in sides:
+                    collector = _Collector(collect_kw["pooling"], {}, dict(collect_kw["stats_kwargs"]))
+                    hooks = [modules[name].register_forward_hook(collector.hook(name)),
+                             modules[name].register_forward_hook(_stop)]
+                    try:
+                        for i, mask in enumerate(side.masks):
+                            collector.padding.mask = mask
+                            _layerwise.run_block(block, side, i, device)
+                            bar.update(1)
+                    finally:
+                        for h in hooks:
+                            h.remove()
+                    if name not in collector.stats:
+                        raise ValueError(f"site {name!r} produced no output when its block ran")
+                    pair.append(collector.stats[name])
+                maps[name] = fit_map(pair[0], pair[1], method, support, std_eps)
+                handles.append(steer(model, {name: maps[name]}, 1.0, mode="op"))
+            if index == last:
+                break
+            for side in sides:
+                for i in range(len(side.masks)):
+                    out = _layerwise.run_block(block, side, i, device)
+                    hidden = first_tensor_or_raise(out, blocks.stack, index)
+                    side.hidden.put(i, hidden)
+                    bar.update(1)
+    finally:
+        for h in handles:
+            h.remove()
+        for side in sides:
+            side.hidden.close()
+    return maps
+
+
+def forward_order_of(blocks: _layerwise.BlockPlan) -> list[str]:
+    return [name for index, _ in blocks.blocks for name in blocks.sites.get(index, [])]
+
+
+def _stop(module: nn.Module, args: Any, output: Any) -> None:
+    raise StopForward
+
+
+def first_tensor_or_raise(output: Any, stack: str, index: int) -> Tensor:
+    from act_fast.modeling import first_tensor
+
+    out = first_tensor(output)
+    if out is None:
+        raise ValueError(f"block {index} of {stack} returned no tensor")
+    return out
+
+
 def fit(
     model: nn.Module,
     source_batches: Iterable[Batch],
@@ -102,6 +178,8 @@ def fit(
     std_eps: float = 1e-4,
     exact: bool | None = None,
     progress: bool | None = None,
+    layerwise: bool | None = None,
+    cache_budget: int | None = None,
     **stats_kwargs: Any,
 ) -> SteeringMaps:
     """Fits one map per site from source (has the concept) and target prompt sets.
@@ -121,6 +199,14 @@ def fit(
             has at most ``EXACT_MAX_SAMPLES`` rows, else streaming histograms (memory independent
             of the number of prompts).
         progress: one progress bar for the whole fit (None: only when stderr is a terminal).
+        layerwise: incremental fits only. None (default): layer by layer when the sites lie in
+            one stack of blocks (:mod:`act_fast.estimators.layerwise`: the model runs once up to the
+            first block, then each block runs from the kept activations entering it), else whole-model
+            forwards, one per site and side, with the reason logged (logger ``act_fast.fit``).
+            False: always whole-model forwards. True: layer by layer or ValueError saying why not.
+            Both give the same maps (bit for bit in fp32 on CPU).
+        cache_budget: bytes of kept activations (both sides together) held in memory when fitting
+            layer by layer; beyond it they go to files in a temporary folder. None: all in memory.
         **stats_kwargs: histogram parameters for :class:`act_fast.ChannelStats`.
 
     Returns:
@@ -142,11 +228,31 @@ def fit(
         raise ValueError(f"fit needs batches on both sides, got {len(source)} source and {len(target)} target batches")
     if exact is None:
         exact = max(_rows_in(source, pooling), _rows_in(target, pooling)) <= EXACT_MAX_SAMPLES
-    passes = len(names) if incremental else 1
+    if cache_budget is not None and (not isinstance(cache_budget, int) or isinstance(cache_budget, bool) or cache_budget < 0):
+        raise ValueError(f"cache_budget must be a non-negative number of bytes or None, got {cache_budget!r}")
+    blocks = None
+    if incremental and layerwise is not False:
+        blocks, why = _layerwise.plan(model, forward_order(model, names, source[0]))
+        if blocks is not None:
+            why = _layerwise.check_stack(model, blocks, source[0])
+            blocks = None if why else blocks
+        if blocks is None:
+            if layerwise:
+                raise ValueError(f"fit(layerwise=True): {why}")
+            _layerwise.log.info("fit: incremental fit by whole-model forwards, not layer by layer: %s", why)
+    if blocks is not None:
+        sites_in = sum(len(v) for v in blocks.sites.values())
+        passes = 1 + sites_in + len(blocks.blocks) - 1
+    else:
+        passes = len(names) if incremental else 1
     with progress_bar(passes * (len(source) + len(target)), "fit", progress) as bar:
         collect_kw = {"pooling": pooling, "stop_early": True, "bar": bar, "stats_kwargs": {**stats_kwargs, "exact": exact}}
-        run = _fit_incremental if incremental else _fit_independent
-        maps = run(model, names, source, target, method, support, std_eps, collect_kw)
+        if blocks is not None:
+            maps = _fit_layerwise(model, blocks, source, target, method, support, std_eps, collect_kw, cache_budget)
+            maps = {name: maps[name] for name in forward_order_of(blocks)}
+        else:
+            run = _fit_incremental if incremental else _fit_independent
+            maps = run(model, names, source, target, method, support, std_eps, collect_kw)
     model_type, fingerprint = model_fingerprint(model)
     return SteeringMaps(
         maps, method=method, support=support_name(support), pooling=pooling, model_type=model_type, model_fingerprint=fingerprint

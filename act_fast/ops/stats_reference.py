@@ -42,7 +42,9 @@ subtraction is integer, the same in the kernel and here, so histograms agree bit
 **Calibration** (:func:`calibrate_ref`): ``c`` = the lower median of the channel's finite values
 (float32, a data value), ``k = floor(log2(s))`` with ``s`` the mean absolute deviation from ``c``;
 fallbacks: ``s = |c|`` when the values have no spread (one value, a constant channel), ``s = 1``
-when moreover ``c = 0``; ``c = 0, k = 0`` for a channel without any finite value.
+when moreover ``c = 0``; ``c = 0, k = 0`` for a channel without any finite value (a placeholder:
+:class:`act_fast.ChannelStats` calibrates such a channel later, from the first rows that have finite
+values for it).
 """
 
 from __future__ import annotations
@@ -201,11 +203,25 @@ def calibrate_ref(x: Tensor, params: HistogramParams, row_mask: Tensor | None = 
     ``floor(log2(s))`` clamped to :attr:`HistogramParams.exp_offset_range`, with ``s`` the mean
     absolute deviation from the centre. Fallbacks: ``s = |c|`` when ``s = 0`` (one value, a
     constant channel), ``s = 1`` when also ``c = 0``; a channel without finite values (or ``x``
-    without rows) gets ``c = 0, k = 0``.
+    without rows) gets ``c = 0, k = 0`` (:func:`calibrate_channels_ref` says which channels).
     """
+    centre, exp_offset, _, _ = calibrate_channels_ref(x, params, row_mask)
+    return centre, exp_offset
+
+
+def calibrate_channels_ref(
+    x: Tensor, params: HistogramParams, row_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`calibrate_ref` plus which channels it could calibrate: ``(centre, exp_offset, usable,
+    flat)`` with ``usable`` (bool ``[C]``) the channels with at least one finite value (the others
+    get ``c = 0, k = 0``, a placeholder) and ``flat`` (bool ``[C]``) the channels calibrated from a
+    single finite value, whose spread is unknown (the ``s = |c|`` / ``s = 1`` fallbacks; a constant
+    channel with several values uses them too, but its values all sit at the centre). No host
+    synchronisation."""
     if x.shape[0] == 0:
         zeros = torch.zeros(x.shape[1], device=x.device)
-        return zeros, zeros.to(torch.int32)
+        none = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+        return zeros, zeros.to(torch.int32), none, none
     xf = x.detach().to(torch.float32)
     valid = finite_mask(xf, row_mask)
     n = valid.sum(0)
@@ -214,10 +230,11 @@ def calibrate_ref(x: Tensor, params: HistogramParams, row_mask: Tensor | None = 
     centre = torch.where((n > 0) & (median.abs() >= tiny), median, 0.0).to(torch.float32)
     dev = torch.where(valid, (xf.to(torch.float64) - centre.to(torch.float64)).abs(), 0.0)
     spread = dev.sum(0) / n.clamp_min(1).to(torch.float64)
+    flat = n == 1
     spread = torch.where(spread > 0, spread, centre.abs().to(torch.float64))
     spread = torch.where(spread > 0, spread, 1.0)
     exp_offset = torch.frexp(spread).exponent.to(torch.int64) - 1
-    return centre, clamp_exp_offset(exp_offset, params)
+    return centre, clamp_exp_offset(exp_offset, params), n > 0, flat
 
 
 def chan_merge(

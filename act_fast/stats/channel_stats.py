@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +14,7 @@ from act_fast.ops.backend import implementation
 from act_fast.ops.checks import is_number
 from act_fast.ops.stats_reference import (
     HistogramParams,
+    calibrate_channels_ref,
     calibrate_ref,
     chan_merge,
     empty_state,
@@ -20,6 +22,7 @@ from act_fast.ops.stats_reference import (
     stats_update_ref,
 )
 from act_fast.stats.exact import SampleQuantiles, sample_auroc, sort_samples
+from act_fast.stats.state_checks import check_state_invariants
 from act_fast.stats.histogram import (
     HistogramQuantiles,
     coupled_covariance,
@@ -64,14 +67,21 @@ class ChannelStats:
     **Calibration.** The histogram buckets ``x − c`` per channel, with a centre ``c`` (float32)
     and a scale ``2^k`` (int32 exponent offset ``k``) that shifts the exponent window to the
     channel's spread, so resolution is relative to the spread, not to zero: a channel with mean
-    100 and sd 0.1 gets its quantile differences right. The first :meth:`update` of an
-    uncalibrated object calibrates from that batch (on the device, no host synchronisation):
+    100 and sd 0.1 gets its quantile differences right. Each channel calibrates from the first
+    update rows that hold finite values for it (on the device, no host synchronisation):
     ``c`` = lower median of the channel's finite values, ``k = floor(log2(s))`` with ``s`` the mean
-    absolute deviation from ``c``; ``s = |c|`` when the batch has no spread (one row, a constant
-    channel), ``s = 1`` when also ``c = 0``; ``c = 0, k = 0`` for a channel without finite values
-    in that batch. :meth:`calibrate` fixes it explicitly (with ``group=``, identically on every
-    rank), :meth:`set_calibration` copies one (resuming, merging). Merges refuse different
-    calibrations.
+    absolute deviation from ``c``; ``s = |c|`` when those values have no spread (one row, a constant
+    channel), ``s = 1`` when also ``c = 0``. A channel without finite values in a batch (fully
+    masked, all NaN) is not calibrated by it and waits for a later batch; it has no histogram counts
+    meanwhile, so nothing is lost. Both fallbacks warn once (:attr:`calibration_fallbacks` names the
+    channels; the scale fallback only when a channel was calibrated from a single value, since a
+    constant channel's values sit at its centre anyway). On CUDA the host learns that every channel is calibrated from a non-blocking copy a
+    later update polls; until then each update also runs the calibration step (a per-channel
+    median) for the channels still waiting. :meth:`calibrate` fixes it explicitly (with
+    ``group=``, identically on every rank), :meth:`set_calibration` copies one (resuming, merging).
+    Quantiles depend on the calibration (the first batch, so its size and the order of the data)
+    within the error bound below. :meth:`merge` combines any calibrations (re-bucketing onto the
+    coarser one, within a stated added bound); :meth:`all_reduce` needs equal ones.
 
     **Error bound** (histogram mode): the float32 value of rank ``⌈uN⌉`` lies in the reported
     bucket (:meth:`quantile_bounds`), so for ``|Q(u) − c| < 2^(E_hi+k)``::
@@ -80,8 +90,9 @@ class ChannelStats:
 
     (bucket width; the zero bucket ``[c − 2^(E_lo+k), c + 2^(E_lo+k)]``; float32 rounding of
     ``x − c``, zero when ``x`` is within a factor 2 of ``c``). Beyond the window the error is at most
-    the distance from ``c ± 2^(E_hi+k)`` to the exact min / max. :meth:`quantile_error_bound`
-    evaluates it. Float64 input is bucketed rounded to float32 (add ``2^-24·|Q|``). Input of one
+    the distance from ``c ± 2^(E_hi+k)`` to the exact min / max. After merges of different
+    calibrations add ``(1 + 2^(1-m))·(rel·|Q − c| + abs)`` (:attr:`merge_envelope`,
+    :mod:`act_fast.stats.rebucket`). :meth:`quantile_error_bound` evaluates it. Float64 input is bucketed rounded to float32 (add ``2^-24·|Q|``). Input of one
     dtype (float32, bfloat16, float16) lies on that dtype's value grid (:attr:`value_grid`): each
     bucket's mass is put on the grid values it can hold, so a bucket narrower than the grid
     spacing is an exact point mass (quantised data is not smeared over buckets it only touches).
@@ -137,7 +148,20 @@ class ChannelStats:
         self._hist = torch.zeros((c, self.params.num_buckets), dtype=torch.int64, device=dev)
         self._pending_rows = 0
         self.rows_seen = 0
+        # Calibration state. On the device: which channels are calibrated, which were not by the
+        # first update with rows (no finite value) and which fell back for lack of spread. On the
+        # host: whether calibration has started, and whether some channel may still be pending
+        # (read back without synchronising on CUDA: a non-blocking copy polled with an event).
         self._calibrated = False
+        self._cal_done = torch.zeros(c, dtype=torch.bool, device=dev)
+        self._cal_deferred = torch.zeros(c, dtype=torch.bool, device=dev)
+        self._cal_flat = torch.zeros(c, dtype=torch.bool, device=dev)
+        self._cal_pending = True
+        self._cal_probe: tuple[Tensor, object] | None = None
+        self._cal_warned = False
+        # Envelope rel·|x − c| + abs of how far merges across calibrations moved values (rebucket.py).
+        self._merge_rel = torch.zeros(c, dtype=torch.float64, device=dev)
+        self._merge_abs = torch.zeros(c, dtype=torch.float64, device=dev)
         self._dtypes_seen = 0
         self._samples: list[tuple[Tensor, Tensor | None]] = []
 
@@ -153,8 +177,8 @@ class ChannelStats:
         self._check_rows(x, row_mask)
         x = x.detach()
         if x.shape[0] > 0:
-            if not self._calibrated:
-                self._store_calibration(*calibrate_ref(x, self.params, row_mask))
+            if self._calibration_pending():
+                self._calibrate_pending(x, row_mask)
             self._dtypes_seen |= _DTYPE_FLAGS.get(x.dtype, _NO_GRID_FLAG)
         for start in range(0, x.shape[0], _MAX_ROWS_PER_LAUNCH):
             xs = x[start : start + _MAX_ROWS_PER_LAUNCH]
@@ -205,19 +229,33 @@ class ChannelStats:
     # ------------------------------------------------------------------ calibration
     @property
     def calibrated(self) -> bool:
-        """Whether the histogram's per-channel centre and scale are fixed (by the first update,
-        :meth:`calibrate`, :meth:`set_calibration` or a loaded state)."""
-        return self._calibrated
+        """Whether every channel's histogram centre and scale are fixed (by updates with finite values
+        for it, :meth:`calibrate`, :meth:`set_calibration` or a loaded state). Reads a device flag."""
+        return self._calibrated and bool(self._cal_done.all())
+
+    @property
+    def calibrated_channels(self) -> Tensor:
+        """bool ``[C]``: the channels whose calibration is fixed (a copy)."""
+        return self._cal_done.clone()
+
+    @property
+    def calibration_fallbacks(self) -> dict[str, Tensor]:
+        """Where the automatic calibration could not use the first batch as is (copies, bool ``[C]``):
+        ``deferred``, channels without a finite value in the first update with rows (calibrated later,
+        from the first rows with finite values for them); ``flat``, channels calibrated from a single
+        value (a one-row batch), whose scale fell back to ``|c|`` or 1."""
+        return {"deferred": self._cal_deferred.clone(), "flat": self._cal_flat.clone()}
 
     @property
     def calibration(self) -> tuple[Tensor, Tensor]:
-        """Copies of ``(centre, exp_offset)``: float32 and int32 ``[C]``."""
+        """Copies of ``(centre, exp_offset)``: float32 and int32 ``[C]`` (a channel not calibrated yet,
+        :attr:`calibrated_channels`, shows the placeholder ``0, 0``)."""
         if not self._calibrated:
             raise ValueError("ChannelStats is not calibrated yet: call update(), calibrate() or set_calibration() first")
         return self._state["centre"].clone(), self._state["exp_offset"].clone()
 
     def _check_can_calibrate(self, what: str) -> None:
-        if self._calibrated and self.rows_seen > 0:
+        if self.rows_seen > 0:
             raise ValueError(
                 f"{what}: this ChannelStats is already calibrated and has seen {self.rows_seen} rows; "
                 "its histogram is bucketed with that calibration. Calibrate before the first update "
@@ -225,9 +263,84 @@ class ChannelStats:
             )
 
     def _store_calibration(self, centre: Tensor, exp_offset: Tensor) -> None:
+        """Fixes the calibration of every channel."""
         self._state["centre"].copy_(centre)
         self._state["exp_offset"].copy_(exp_offset)
+        self._cal_done.fill_(True)
         self._calibrated = True
+        self._cal_pending = False
+        self._cal_probe = None
+
+    def _calibration_pending(self) -> bool:
+        """Whether some channel may still be uncalibrated, as far as the host knows without waiting:
+        on CUDA the answer of an earlier update arrives by a non-blocking copy, polled here."""
+        if self._cal_pending and self._cal_probe is not None:
+            flags, event = self._cal_probe
+            if event is None or event.query():  # type: ignore[attr-defined]
+                self._cal_probe = None
+                self._read_calibration_flags(flags)
+        return self._cal_pending
+
+    def _settle_calibration(self) -> None:
+        """Reads the last calibration step's flags now (waiting for them on CUDA): queries do."""
+        if self._cal_probe is not None:
+            flags, event = self._cal_probe
+            if event is not None:
+                event.synchronize()  # type: ignore[attr-defined]
+            self._cal_probe = None
+            self._read_calibration_flags(flags)
+
+    def _calibrate_pending(self, x: Tensor, row_mask: Tensor | None) -> None:
+        """Calibrates the channels not calibrated yet that have finite values in ``x`` (kept rows);
+        the others keep waiting. Launches only device work."""
+        centre, exp_offset, usable, flat = calibrate_channels_ref(x, self.params, row_mask)
+        done = self._cal_done
+        new = usable & ~done
+        if not self._calibrated:
+            self._cal_deferred |= ~usable
+        s = self._state
+        s["centre"].copy_(torch.where(new, centre, s["centre"]))
+        s["exp_offset"].copy_(torch.where(new, exp_offset, s["exp_offset"]))
+        self._cal_flat |= new & flat
+        done |= usable
+        self._calibrated = True
+        self._post_calibration_flags(torch.stack([done.all(), self._cal_deferred.any(), self._cal_flat.any()]))
+
+    def _post_calibration_flags(self, flags: Tensor) -> None:
+        """Sends ``flags`` (bool ``[3]``: all calibrated, any deferred, any flat) to the host without
+        waiting: a non-blocking copy and an event on CUDA; read by the next poll or query."""
+        event = None
+        if flags.device.type == "cuda":
+            event = torch.cuda.Event()
+            flags = flags.to("cpu", non_blocking=True)
+            event.record()
+        self._cal_probe = (flags, event)
+
+    def _read_calibration_flags(self, flags: Tensor) -> None:
+        """Host side of a calibration step: ``flags`` = (all done, any deferred, any flat), on the CPU."""
+        all_done, deferred, flat = (bool(v) for v in flags.tolist())
+        self._cal_pending = not all_done
+        # Exact mode answers from the kept rows: the histogram's calibration does not reach the queries.
+        if (deferred or flat) and not self._cal_warned and not self.exact:
+            self._cal_warned = True
+            reasons = []
+            if deferred:
+                reasons.append(
+                    "some channels had no finite value in the first batch (fully masked, NaN or Inf) and are "
+                    "calibrated from the first later rows with finite values for them"
+                )
+            if flat:
+                reasons.append(
+                    "some channels were calibrated from a single value (a one-row batch), so their spread was "
+                    "unknown: their scale fell back to |centre| (or 1 at centre 0)"
+                )
+            warnings.warn(
+                f"ChannelStats({self.num_channels} channels) calibration fell back: {'; '.join(reasons)}. "
+                "Quantiles stay within the documented bound of the calibration used; calibration_fallbacks "
+                "names the channels, calibrate(x) on a representative batch avoids it",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def calibrate(
         self, x: Tensor, row_mask: Tensor | None = None, *, group: object = None, src: int = 0
@@ -238,21 +351,35 @@ class ChannelStats:
         With ``group`` (a ``torch.distributed`` process group, or ``True`` for the default group)
         every rank computes its own and then takes rank ``src``'s (a global rank) by broadcast, so all
         ranks bucket identically and :meth:`all_reduce` stays exact; a collective, every rank of
-        the group must call it. Raises ValueError on an object already calibrated that has seen rows.
-        Returns ``self``.
+        the group must call it. Without ``group``, a channel with no finite value in ``x`` stays
+        uncalibrated and calibrates from the first update with finite values for it; with ``group``
+        every channel is fixed on every rank (such a channel keeps ``c = 0, k = 0``). Either way a
+        fallback warns (:attr:`calibration_fallbacks`). Raises ValueError on an object that has seen
+        rows. Returns ``self``.
         """
         self._check_rows(x, row_mask)
         self._check_can_calibrate("calibrate")
         # Raised before the broadcast; a rank that raises here leaves the others waiting in it.
-        centre, exp_offset = calibrate_ref(x.detach(), self.params, row_mask)
+        centre, exp_offset, usable, flat = calibrate_channels_ref(x.detach(), self.params, row_mask)
         if group is not None:
             import torch.distributed as dist
 
             pg = None if group is True else group
-            packed = torch.stack([centre.view(torch.int32), exp_offset.to(torch.int32)])
+            packed = torch.stack([centre.view(torch.int32), exp_offset.to(torch.int32), usable.to(torch.int32), flat.to(torch.int32)])
             dist.broadcast(packed, src=src, group=pg)
             centre, exp_offset = packed[0].view(torch.float32), packed[1]
-        self._store_calibration(centre, exp_offset)
+            usable, flat = packed[2].to(torch.bool), packed[3].to(torch.bool)
+            self._store_calibration(centre, exp_offset)
+            self._cal_deferred.copy_(~usable)
+            self._cal_flat.copy_(flat)
+            self._post_calibration_flags(torch.stack([torch.ones_like(usable[0]), (~usable).any(), flat.any()]))
+            return self
+        self._store_calibration(torch.where(usable, centre, 0.0), torch.where(usable, exp_offset, 0))
+        self._cal_done.copy_(usable)
+        self._cal_deferred.copy_(~usable)
+        self._cal_flat.copy_(flat)
+        self._cal_pending = True  # until the flags say otherwise
+        self._post_calibration_flags(torch.stack([usable.all(), (~usable).any(), flat.any()]))
         return self
 
     def set_calibration(self, centre: "Tensor | ChannelStats", exp_offset: Tensor | None = None) -> "ChannelStats":
@@ -333,6 +460,7 @@ class ChannelStats:
 
     # ------------------------------------------------------------------ moments
     def _nonempty(self) -> Tensor:
+        self._settle_calibration()
         count = self._state["count"]
         if self.rows_seen == 0 or not bool((count > 0).any()):
             raise ValueError(
@@ -462,7 +590,15 @@ class ChannelStats:
         values ``values`` (float ``[..., C]``): float64, same shape."""
         self._nonempty()
         s = self._state
-        return quantile_error_bound(values.to(self.device), s["centre"], s["exp_offset"], s["vmin"], s["vmax"], self.params)
+        return quantile_error_bound(
+            values.to(self.device), s["centre"], s["exp_offset"], s["vmin"], s["vmax"], self.params, self._merge_rel, self._merge_abs
+        )
+
+    @property
+    def merge_envelope(self) -> tuple[Tensor, Tensor]:
+        """``(rel, abs)`` float64 ``[C]``: re-bucketing by merges across calibrations moved no value
+        ``x`` by more than ``rel·|x − c| + abs`` (zeros when nothing was re-bucketed; copies)."""
+        return self._merge_rel.clone(), self._merge_abs.clone()
 
     def quantile_function(self, num_points: int = 256) -> Tensor:
         """The quantile function (generalised inverse CDF) on the midpoint grid
@@ -550,69 +686,117 @@ class ChannelStats:
         s = self._state
         return torch.cat([s["centre"].view(torch.int32), s["exp_offset"]]).to(torch.int64)
 
-    def _adopt_calibration(self, other: "ChannelStats", what: str) -> None:
-        """Makes ``self`` bucket like ``other`` before merging it: an uncalibrated (empty) ``self``
-        takes ``other``'s calibration; different calibrations are refused."""
-        if not other._calibrated:
-            return  # other has never seen a row: nothing of its histogram depends on a calibration
-        if not self._calibrated:
-            self._store_calibration(other._state["centre"].to(self.device), other._state["exp_offset"].to(self.device))
-            return
-        differ = self._calibration_key() != other._calibration_key().to(self.device)
-        if bool(differ.any()):
-            channels = int((differ[: self.num_channels] | differ[self.num_channels :]).sum())
-            raise ValueError(
-                f"{what}: histogram calibrations (centre, exp_offset) differ on {channels} of {self.num_channels} "
-                "channels, so the buckets do not line up. Give both the same calibration before their first "
-                "update: calibrate(x, group=...) across ranks, or set_calibration(other)"
-            )
-
     def merge(self, other: "ChannelStats") -> "ChannelStats":
-        """Adds ``other``'s statistics to ``self`` in place (exact for counts and histograms, Chan
-        merge for moments). Refuses other channel counts, histogram parameters, calibrations or
-        exact flags; an uncalibrated (empty) ``self`` adopts ``other``'s calibration. Returns ``self``."""
+        """Adds ``other``'s statistics to ``self`` in place. Refuses other channel counts, histogram
+        parameters or exact flags. Counts, moments (Chan merge), min / max, NaN / Inf counts and
+        exact-mode samples merge exactly whatever the calibrations. Histograms: channels with equal
+        calibrations (or calibrated on one side only) add exactly; on channels whose calibrations
+        differ, both are moved onto the coarser calibration (larger scale, then smaller centre) by
+        re-bucketing (:mod:`act_fast.stats.rebucket`), which adds a stated amount to the quantile
+        error bound (:attr:`merge_envelope`, included in :meth:`quantile_error_bound`). The common
+        calibration does not depend on the order of merges. Returns ``self``."""
+        from act_fast.stats.rebucket import coarser, moved_envelope, rebucket
+
         self._check_channels(other, "merge")
         self._check_params(other, "merge")
         if other.exact != self.exact:
             raise ValueError(f"merge: exact mode differs, expected exact={self.exact}, got exact={other.exact}")
-        self._adopt_calibration(other, "merge")
-        merge_moments_(self._state, {k: other._state[k].to(self.device) for k in _MOMENT_KEYS})
+        dev, s = self.device, self._state
+        o = {k: v.to(dev) for k, v in other._state.items() if k != "hist"}
+        o_hist = other.histogram.to(dev)
         self.fold()
-        self._hist += other.histogram.to(self.device)
+        s_done, o_done = self._cal_done.clone(), other._cal_done.to(dev)
+        s_count, o_count = s["count"].clone(), o["count"]
+        same = (s["centre"].view(torch.int32) == o["centre"].view(torch.int32)) & (s["exp_offset"] == o["exp_offset"])
+        differ = s_done & o_done & ~same
+        take = coarser(s["centre"], s["exp_offset"], o["centre"], o["exp_offset"])
+        to_other = (differ & take) | (~s_done & o_done)  # channels that end on other's calibration
+        t_centre = torch.where(to_other, o["centre"], s["centre"])
+        t_exp = torch.where(to_other, o["exp_offset"], s["exp_offset"])
+        s_rel, s_abs = self._merge_rel, self._merge_abs
+        o_rel, o_abs = other._merge_rel.to(dev), other._merge_abs.to(dev)
+        if bool(differ.any()):
+            move_self, move_other = differ & take, differ & ~take
+            s_hist = self._rebucketed(self._hist, s, self.value_grid, move_self, t_centre, t_exp, rebucket)
+            o_hist = self._rebucketed(o_hist, o, other.value_grid, move_other, t_centre, t_exp, rebucket)
+            sr, sa = moved_envelope(s_rel, s_abs, s["centre"], s["exp_offset"], s["vmin"], s["vmax"], t_centre, self.params)
+            orr, oa = moved_envelope(o_rel, o_abs, o["centre"], o["exp_offset"], o["vmin"], o["vmax"], t_centre, self.params)
+            s_rel, s_abs = torch.where(move_self, sr, s_rel), torch.where(move_self, sa, s_abs)
+            o_rel, o_abs = torch.where(move_other, orr, o_rel), torch.where(move_other, oa, o_abs)
+            self._hist.copy_(s_hist)
+        s_has, o_has = s_count > 0, o_count > 0
+        self._merge_rel = torch.maximum(torch.where(s_has, s_rel, 0.0), torch.where(o_has, o_rel, 0.0))
+        self._merge_abs = torch.maximum(torch.where(s_has, s_abs, 0.0), torch.where(o_has, o_abs, 0.0))
+        s["centre"].copy_(t_centre)
+        s["exp_offset"].copy_(t_exp)
+        self._cal_done |= o_done
+        self._cal_deferred |= other._cal_deferred.to(dev)
+        self._cal_flat |= other._cal_flat.to(dev)
+        self._calibrated = self._calibrated or other._calibrated
+        self._cal_pending = not bool(self._cal_done.all())
+        self._cal_probe = None
+        merge_moments_(s, {k: o[k] for k in _MOMENT_KEYS})
+        self._hist += o_hist
         self.rows_seen += other.rows_seen
         self._dtypes_seen |= other._dtypes_seen
         if self.exact:
-            self._samples.append((other.samples.to(self.device), None))
+            self._samples.append((other.samples.to(dev), None))
         return self
 
+    def _rebucketed(
+        self, hist: Tensor, state: dict[str, Tensor], grid: torch.dtype | None, channels: Tensor,
+        centre: Tensor, exp_offset: Tensor, rebucket,
+    ) -> Tensor:
+        """``hist`` (int64 ``[C, B]``, bucketed with ``state``'s calibration, with ``state``'s extremes)
+        with the rows of ``channels`` (bool ``[C]``) moved onto ``(centre, exp_offset)``."""
+        out = hist.clone()
+        idx = channels.nonzero().flatten()
+        if idx.numel():
+            sub = HistogramQuantiles(
+                hist[idx], state["vmin"][idx], state["vmax"][idx], self.params, state["centre"][idx], state["exp_offset"][idx], grid
+            )
+            out[idx] = rebucket(sub, centre[idx], exp_offset[idx])
+        return out
+
     def _all_reduce_calibration(self, group: object) -> None:
-        """Collective check that every calibrated rank holds the same calibration; uncalibrated
-        (empty) ranks adopt it. Every rank sees the same reduced values, so all raise together.
-        Also ORs the input dtype flags of all ranks."""
+        """Collective check that, per channel, every rank that calibrated it holds the same
+        calibration; ranks that have not adopt it. Every rank sees the same reduced values, so all
+        raise together. Also ORs the input dtype flags of all ranks and takes the largest merge
+        envelope."""
         import torch.distributed as dist
 
         big = 2**40
         c = self.num_channels
+        done = self._cal_done.to(torch.int64)
         key = self._calibration_key()
-        flag = torch.tensor([int(self._calibrated)], dtype=torch.int64, device=self.device)
+        done2 = torch.cat([self._cal_done, self._cal_done])
         bits = torch.tensor([(self._dtypes_seen >> i) & 1 for i in range(4)], dtype=torch.int64, device=self.device)
-        low = torch.cat([key if self._calibrated else torch.full_like(key, big), flag])
-        high = torch.cat([key if self._calibrated else torch.full_like(key, -big), flag, bits])
+        started = torch.tensor([int(self._calibrated)], dtype=torch.int64, device=self.device)
+        low = torch.where(done2, key, big)
+        high = torch.cat([torch.where(done2, key, -big), done, bits, started])
         dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
         dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
-        self._dtypes_seen = sum(int(b) << i for i, b in enumerate(high[2 * c + 1 :].tolist()))
-        if int(high[2 * c]) == 0:
-            return  # no rank has seen a row
-        differ = low[: 2 * c] != high[: 2 * c]
+        self._dtypes_seen = sum(int(b) << i for i, b in enumerate(high[3 * c : 3 * c + 4].tolist()))
+        any_done = high[2 * c : 3 * c] > 0
+        differ = (low != high[: 2 * c]) & torch.cat([any_done, any_done])
         if bool(differ.any()):
             channels = int((differ[:c] | differ[c:]).sum())
             raise ValueError(
                 f"all_reduce: ranks hold different histogram calibrations (centre, exp_offset) on {channels} of {c} "
                 "channels, so their buckets do not line up. Call calibrate(x, group=group) on every rank before "
-                "the first update (it broadcasts one rank's calibration)"
+                "the first update (it broadcasts one rank's calibration), or gather the states and merge() them "
+                "(re-bucketed within a stated bound)"
             )
-        if not self._calibrated:
-            self._store_calibration(low[:c].to(torch.int32).view(torch.float32), low[c : 2 * c].to(torch.int32))
+        adopt = any_done & ~self._cal_done
+        s = self._state
+        s["centre"].copy_(torch.where(adopt, low[:c].to(torch.int32).view(torch.float32), s["centre"]))
+        s["exp_offset"].copy_(torch.where(adopt, low[c : 2 * c].to(torch.int32), s["exp_offset"]))
+        self._cal_done |= any_done
+        self._calibrated = self._calibrated or bool(high[-1])
+        self._cal_pending = not bool(self._cal_done.all())
+        self._cal_probe = None
+        for envelope in (self._merge_rel, self._merge_abs):
+            dist.all_reduce(envelope, op=dist.ReduceOp.MAX, group=group)
 
     def all_reduce(self, group: object = None) -> "ChannelStats":
         """Merges the state of every rank of ``group`` (``torch.distributed``) into every rank, in
@@ -668,7 +852,9 @@ class ChannelStats:
     def state_dict(self) -> dict[str, Tensor]:
         """All state as tensors (safetensors-friendly): moments, counters, int64 ``hist``,
         ``params`` (int64 ``[mantissa_bits, exp_min, exp_max]``), the calibration ``centre``
-        (float32 ``[C]``), ``exp_offset`` (int32 ``[C]``) and ``calibrated`` (bool scalar),
+        (float32 ``[C]``), ``exp_offset`` (int32 ``[C]``), ``calibrated`` (bool scalar: calibration
+        has started) and ``calibrated_channels`` (bool ``[C]``), the merge envelope ``merge_rel``,
+        ``merge_abs`` (float64 ``[C]``),
         ``dtypes_seen`` (int64 flags of the input dtypes: the value grid), ``rows_seen``, ``exact``
         and, in exact mode, ``samples``."""
         self.fold()
@@ -678,6 +864,9 @@ class ChannelStats:
         sd["centre"] = self._state["centre"].clone()
         sd["exp_offset"] = self._state["exp_offset"].clone()
         sd["calibrated"] = torch.tensor(self._calibrated)
+        sd["calibrated_channels"] = self._cal_done.clone()
+        sd["merge_rel"] = self._merge_rel.clone()
+        sd["merge_abs"] = self._merge_abs.clone()
         sd["dtypes_seen"] = torch.tensor(self._dtypes_seen, dtype=torch.int64)
         sd["rows_seen"] = torch.tensor(self.rows_seen, dtype=torch.int64)
         sd["exact"] = torch.tensor(self.exact)
@@ -706,6 +895,8 @@ class ChannelStats:
         params = HistogramParams(*(int(v) for v in state_dict["params"].tolist()))
         if params != self.params:
             raise ValueError(f"state_dict histogram parameters {tuple(params)} differ from this ChannelStats' {tuple(self.params)}")
+        if state_dict["exact"].numel() != 1 or state_dict["rows_seen"].numel() != 1:
+            raise ValueError("state_dict['exact'] and ['rows_seen'] must be scalars")
         if bool(state_dict["exact"]) != self.exact:
             raise ValueError(f"state_dict has exact={bool(state_dict['exact'])}, this ChannelStats has exact={self.exact}")
         out: dict[str, object] = {}
@@ -738,16 +929,28 @@ class ChannelStats:
         if not bool(torch.isfinite(vmin[seen]).all() and torch.isfinite(vmax[seen]).all()) or bool((vmin[seen] > vmax[seen]).any()):
             raise ValueError("state_dict['vmin'] / ['vmax'] must be finite with vmin <= vmax on channels with data")
         if present:
+            if state_dict["calibrated"].numel() != 1:
+                raise ValueError("state_dict['calibrated'] must be a scalar")
             calibrated = bool(state_dict["calibrated"])
             centre, exp_offset = self._validated_calibration(state_dict["centre"], state_dict["exp_offset"], "load_state_dict")
         else:
             calibrated = rows_seen > 0
             centre = torch.zeros(self.num_channels, dtype=torch.float32, device=self.device)
             exp_offset = torch.zeros(self.num_channels, dtype=torch.int32, device=self.device)
-        if not calibrated and (rows_seen > 0 or bool(hist.any())):
-            raise ValueError(
-                f"state_dict is not calibrated but holds data ({rows_seen} rows seen); its histogram has no defined buckets"
-            )
+        done = state_dict.get("calibrated_channels")
+        if done is None:  # older states: calibration was all or nothing
+            done = torch.full((self.num_channels,), calibrated, dtype=torch.bool, device=self.device)
+        elif not isinstance(done, Tensor) or done.dtype != torch.bool or tuple(done.shape) != (self.num_channels,):
+            got = f"{done.dtype} {list(done.shape)}" if isinstance(done, Tensor) else type(done).__name__
+            raise ValueError(f"state_dict['calibrated_channels'] must be bool [{self.num_channels}], got {got}")
+        envelope = {}
+        for key in ("merge_rel", "merge_abs"):
+            t = state_dict.get(key)
+            if t is None:
+                t = torch.zeros(self.num_channels, dtype=torch.float64)
+            if not isinstance(t, Tensor) or not t.is_floating_point() or tuple(t.shape) != (self.num_channels,):
+                raise ValueError(f"state_dict[{key!r}] must be a float tensor [{self.num_channels}]")
+            envelope[key] = t.detach().to(self.device, torch.float64)
         samples = None
         if self.exact:
             samples = state_dict.get("samples")
@@ -760,11 +963,15 @@ class ChannelStats:
                     f"exact-mode state_dict: 'samples' ({samples.shape[0]} rows) disagree with 'count' / 'rows_seen' ({rows_seen})"
                 )
         dtypes = state_dict.get("dtypes_seen")
+        if dtypes is not None and (not isinstance(dtypes, Tensor) or dtypes.numel() != 1 or dtypes.is_floating_point()):
+            raise ValueError("state_dict['dtypes_seen'] must be an integer scalar")
         out.update(
             hist=hist, rows_seen=rows_seen, calibrated=calibrated, centre=centre, exp_offset=exp_offset, samples=samples,
             # Without the flags (older state dicts) nothing is known of the input dtypes: no grid.
             dtypes_seen=int(dtypes) if dtypes is not None else (_NO_GRID_FLAG if rows_seen > 0 else 0),
+            calibrated_channels=done.detach().to(self.device), **envelope,
         )
+        check_state_invariants(out, self.params)
         return out
 
     def load_state_dict(self, state_dict: dict[str, Tensor]) -> "ChannelStats":
@@ -783,6 +990,11 @@ class ChannelStats:
         self._state["centre"].copy_(v["centre"])  # type: ignore[arg-type]
         self._state["exp_offset"].copy_(v["exp_offset"])  # type: ignore[arg-type]
         self._calibrated = bool(v["calibrated"])
+        self._cal_done.copy_(v["calibrated_channels"])  # type: ignore[arg-type]
+        self._cal_pending = not bool(self._cal_done.all())
+        self._cal_probe = None
+        self._merge_rel.copy_(v["merge_rel"])  # type: ignore[arg-type]
+        self._merge_abs.copy_(v["merge_abs"])  # type: ignore[arg-type]
         self._dtypes_seen = int(v["dtypes_seen"])  # type: ignore[arg-type]
         self._pending_rows = 0
         self.rows_seen = int(v["rows_seen"])  # type: ignore[arg-type]

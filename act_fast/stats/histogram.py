@@ -104,7 +104,8 @@ def midpoint_grid(num_points: int, device: torch.device | str | None = None) -> 
 
 
 def quantile_error_bound(
-    values: Tensor, centre: Tensor, exp_offset: Tensor, vmin: Tensor, vmax: Tensor, params: HistogramParams
+    values: Tensor, centre: Tensor, exp_offset: Tensor, vmin: Tensor, vmax: Tensor, params: HistogramParams,
+    merge_rel: Tensor | None = None, merge_abs: Tensor | None = None,
 ) -> Tensor:
     """The documented bound on ``|Q̂(u) − Q(u)|`` (module docstring) for true quantile values.
 
@@ -112,6 +113,9 @@ def quantile_error_bound(
         values: float64 ``[..., C]``: true quantiles ``Q(u)`` of each channel.
         centre, exp_offset: the calibration, ``[C]``.
         vmin, vmax: float64 ``[C]``: exact extremes.
+        merge_rel, merge_abs: float64 ``[C]``: the re-bucketing envelope of merges across
+            calibrations (:mod:`act_fast.stats.rebucket`); ``(1 + 2^(1-m))·(rel·|Q − c| + abs)``
+            is added. None: nothing was re-bucketed.
 
     Returns:
         float64 shaped like ``values``.
@@ -123,7 +127,10 @@ def quantile_error_bound(
     top = torch.ldexp(torch.ones_like(k), k + params.exp_max)
     c = centre.to(torch.float64)
     beyond = torch.maximum(vmax.to(torch.float64) - (c + top), (c - top) - vmin.to(torch.float64)).clamp_min(0.0)
-    return torch.where(d < top, inside, torch.maximum(inside, beyond))
+    bound = torch.where(d < top, inside, torch.maximum(inside, beyond))
+    if merge_rel is not None and merge_abs is not None:
+        bound = bound + (1.0 + 2.0 * params.relative_error) * (merge_rel.to(torch.float64) * d + merge_abs.to(torch.float64))
+    return bound
 
 
 class QuantileFunction(Protocol):

@@ -14,14 +14,16 @@ from act_fast.stats.io import stats_metadata
 from cli_helpers import COOKING, FOOTBALL, assert_same_stats, cli_command, cli_env, run, torchrun_command
 
 
-def library_stats(model_dir, data, batch_size: int, pooling: str = "mean", sites: str = "post_layernorm"):
-    """What af.collect gives over the same batches, in one call."""
+def library_stats(model_dir, data, batch_size: int, pooling: str = "mean", sites: str = "post_layernorm", sort: bool = False):
+    """What af.collect gives over the same batches, in one call (``sort``: prompts sorted by length,
+    one window holding them all)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     max_length = model_max_length(tok, model)
-    batches = [tokenize(tok, b, max_length) for b in batched(read_prompts(data), batch_size)]
+    prompts = list(read_prompts(data))
+    batches = [tokenize(tok, b, max_length) for b in batched(sorted(prompts, key=len) if sort else prompts, batch_size)]
     return af.collect(model, batches=batches, sites=af.sites(model, sites), pooling=pooling, progress=False, stop_early=True), batches
 
 
@@ -31,7 +33,8 @@ def collect_record(path) -> dict:
 
 def test_collect_writes_what_the_library_computes(act, tiny_model, tmp_path):
     out = tmp_path / "cooking.safetensors"
-    rc, stdout, stderr = act("collect", "--model", tiny_model, "--data", COOKING, "--out", out, "--batch-size", 16, "--checkpoint-every", 3)
+    rc, stdout, stderr = act("collect", "--model", tiny_model, "--data", COOKING, "--out", out, "--batch-size", 16, "--checkpoint-every", 3,
+                             "--sort-window", 1)
     assert rc == 0, stderr
     expected, batches = library_stats(tiny_model, COOKING, 16)
     assert_same_stats(af.load_stats(out), expected, moments_exact=True)
@@ -67,7 +70,9 @@ def test_progress_bar_when_asked(act, tiny_model, tmp_path):
 
 def test_resume_continues_and_refuses_other_settings_or_data(act, tiny_model, tmp_path):
     out = tmp_path / "s.safetensors"
-    common = ("collect", "--model", tiny_model, "--out", out, "--batch-size", 16)
+    # Source order (--sort-window 1): a resumed run with a larger --limit equals one run with that limit
+    # (sorted windows cut by the old limit would differ from the new run's windows).
+    common = ("collect", "--model", tiny_model, "--out", out, "--batch-size", 16, "--sort-window", 1)
     assert act(*common, "--data", COOKING, "--limit", 48)[0] == 0
     # Existing output: refused without --resume / --overwrite, and the two exclude each other.
     rc, _, err = act(*common, "--data", COOKING, "--limit", 48)
@@ -78,13 +83,13 @@ def test_resume_continues_and_refuses_other_settings_or_data(act, tiny_model, tm
     assert rc == 0 and "nothing left to collect (48 prompts" in stdout
     # Other settings or other data are refused, naming what differs.
     rc, _, err = act("collect", "--model", tiny_model, "--out", out, "--batch-size", 8, "--data", COOKING, "--limit", 48, "--resume")
-    assert rc == 2 and "settings differ from the run that wrote it (--batch-size 16 → 8)" in err
+    assert rc == 2 and "settings differ from the run that wrote it (--batch-size 16 → 8; --sort-window 1 → 16)" in err
     rc, _, err = act(*common, "--data", FOOTBALL, "--limit", 48, "--resume")
     assert rc == 2 and "the first 48 prompts of" in err and "differ from those the checkpoint consumed" in err
     # A larger limit continues where the file stopped: equal to one uninterrupted run.
     assert act(*common, "--data", COOKING, "--limit", 96, "--resume")[0] == 0
     whole = tmp_path / "whole.safetensors"
-    assert act("collect", "--model", tiny_model, "--out", whole, "--batch-size", 16, "--data", COOKING, "--limit", 96)[0] == 0
+    assert act("collect", "--model", tiny_model, "--out", whole, "--batch-size", 16, "--data", COOKING, "--limit", 96, "--sort-window", 1)[0] == 0
     assert_same_stats(af.load_stats(out), af.load_stats(whole), moments_exact=True)
     assert collect_record(out)["prompts"] == 96 and collect_record(out)["data_sha256"] == collect_record(whole)["data_sha256"]
     # --overwrite starts again.
@@ -173,3 +178,66 @@ def test_two_processes_killed_and_resumed_equal_one_process(act, tiny_model, bot
     run(torchrun_command(2, *args, "--out", out, "--resume"))
     assert_same_stats(af.load_stats(out), af.load_stats(single), moments_exact=False)
     assert collect_record(out)["complete"] and collect_record(out)["tokens"] == collect_record(single)["tokens"]
+
+
+def test_length_sorted_batches_pad_less_and_equal_the_library_on_sorted_prompts(act, tiny_model, tmp_path):
+    """Issue 23 item 4: prompts sorted by length within windows; the summary states tokens/s and the
+    padding fraction; the statistics are af.collect's over the same sorted batches."""
+    sorted_out, plain_out = tmp_path / "sorted.safetensors", tmp_path / "plain.safetensors"
+    rc, stdout, stderr = act("collect", "--model", tiny_model, "--data", COOKING, "--out", sorted_out, "--batch-size", 16,
+                             "--sort-window", 64)
+    assert rc == 0, stderr
+    expected, batches = library_stats(tiny_model, COOKING, 16, sort=True)
+    assert_same_stats(af.load_stats(sorted_out), expected, moments_exact=True)
+    padding = 100 * (1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches))
+    assert f"padding {padding:.1f} % of the batches' token slots (sorted by length in windows of 64 batches)" in stdout
+    assert "tokens/s" in stdout
+    rc, plain_stdout, _ = act("collect", "--model", tiny_model, "--data", COOKING, "--out", plain_out, "--batch-size", 16, "--sort-window", 1)
+    plain = float(plain_stdout.split("padding ")[1].split(" %")[0])
+    assert rc == 0 and plain > padding and "(source order)" in plain_stdout
+    assert collect_record(sorted_out)["data_sha256"] == collect_record(plain_out)["data_sha256"]  # the same prompts consumed
+
+
+def test_interrupted_inside_a_window_resumes_to_the_uninterrupted_result(act, tiny_model, tmp_path, monkeypatch):
+    """Deterministic and resumable: a run stopped after some batches of a sorted window continues from
+    the batches it had not done, and ends equal (bit for bit) to a run never stopped."""
+    import act_fast.cli.collect as collect_cli
+
+    args = ("collect", "--model", tiny_model, "--data", COOKING, "--batch-size", 8, "--sort-window", 8, "--checkpoint-every", 1)
+    whole, out = tmp_path / "whole.safetensors", tmp_path / "out.safetensors"
+    assert act(*args, "--out", whole)[0] == 0
+
+    class Stop(Exception):
+        pass
+
+    real = af.collect
+    calls = {"n": 0}
+
+    def stopping(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 11:  # 11 batches done: one window of 8 and 3 batches of the second
+            raise Stop
+        return real(*a, **k)
+
+    monkeypatch.setattr(af, "collect", stopping)
+    with pytest.raises(Stop):
+        act(*args, "--out", out)
+    monkeypatch.setattr(af, "collect", real)
+    record = collect_record(out)
+    assert (record["prompts"], record["batches"], record["window_batches"], record["complete"]) == (64, 11, 3, False)
+    assert act(*args, "--out", out, "--resume")[0] == 0
+    assert_same_stats(af.load_stats(out), af.load_stats(whole), moments_exact=True)
+    a, b = collect_record(out), collect_record(whole)
+    assert (a["prompts"], a["batches"], a["rows"], a["tokens"], a["data_sha256"], a["complete"]) == (
+        b["prompts"], b["batches"], b["rows"], b["tokens"], b["data_sha256"], True)
+
+
+def test_length_sorted_batches_are_a_function_of_data_and_settings():
+    from act_fast.cli.collect import length_sorted_batches
+
+    prompts = ["ccc", "a", "bb", "dddd", "e", "ff", "g"]
+    batches = list(length_sorted_batches(iter(prompts), 2, 2))
+    assert [b for b, _ in batches] == [["a", "bb"], ["ccc", "dddd"], ["e", "g"], ["ff"]]
+    assert [w for _, w in batches] == [None, ["ccc", "a", "bb", "dddd"], None, ["e", "ff", "g"]]
+    assert [b for b, _ in length_sorted_batches(iter(prompts), 2, 2, skip=1)] == [["ccc", "dddd"], ["e", "g"], ["ff"]]
+    assert [b for b, _ in length_sorted_batches(iter(prompts), 3, 1)] == [["ccc", "a", "bb"], ["dddd", "e", "ff"], ["g"]]

@@ -74,6 +74,31 @@ def test_fit_from_text_equals_af_fit(act, tiny_model, tmp_path):
                       method="linear_act", support="q_0_100", incremental=True, progress=False)
     assert_same_maps(af.load_maps(out), expected)
     assert "fitting linear_act on 2 sites" in stdout and "from 40 source and 40 target prompts" in stdout
+    assert "incremental fit layer by layer:" in stdout and "bytes kept per prompt token" in stdout
+    # Above --cache-budget the kept activations go to disk; the maps stay the same.
+    spilled = tmp_path / "spilled.safetensors"
+    rc, stdout, stderr = act("fit", "--model", tiny_model, "--source", COOKING, "--target", FOOTBALL, "--limit", 40,
+                             "--batch-size", 16, "--cache-budget", "1K", "--out", spilled)
+    assert rc == 0, stderr
+    assert "in memory up to 1.0 KB, the rest in temporary files" in stdout
+    assert_same_maps(af.load_maps(spilled), expected)
+
+
+@pytest.mark.parametrize("text,expected", [("0", 0), ("500", 500), ("2K", 2000), ("1.5M", 1_500_000), ("3g", 3 * 10**9), ("4GB", 4 * 10**9)])
+def test_cache_budget_parses_byte_counts(text, expected):
+    from act_fast.cli.fit import byte_count
+
+    assert byte_count(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "lots", "nanM", ""])
+def test_cache_budget_refuses_what_is_not_a_byte_count(text):
+    import argparse
+
+    from act_fast.cli.fit import byte_count
+
+    with pytest.raises(argparse.ArgumentTypeError, match="byte count"):
+        byte_count(text)
 
 
 def test_fit_lineas_from_text(act, tiny_model, tmp_path):

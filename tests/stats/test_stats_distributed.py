@@ -140,3 +140,31 @@ def test_collect_with_a_group_merges_exactly(tmp_path):
             assert torch.equal(got.histogram, single[site].histogram), site
             assert torch.equal(got.count, single[site].count)
             assert got.rows_seen == single[site].rows_seen
+
+
+def _pending_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Both ranks calibrate channels 0-1 on the same first batch; channel 2 has no finite value on
+    rank 0, so it stays uncalibrated there."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x = data()[:200, :3].clone()
+        if rank == 0:
+            x[:, 2] = math.nan
+        stats = af.ChannelStats(3).update(x)
+        stats.all_reduce()
+        torch.save(stats.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_all_reduce_adopts_a_channel_calibrated_on_another_rank_only(tmp_path):
+    mp.spawn(_pending_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    for key in ("centre", "exp_offset", "calibrated_channels", "hist", "count"):
+        assert torch.equal(states[0][key], states[1][key]), key
+    reduced = af.ChannelStats.from_state_dict(states[0])
+    assert reduced.calibrated and int(reduced.count[2]) == int(torch.isfinite(data()[:200, 2]).sum())
+    assert torch.equal(reduced.calibration[0][2:], af.ChannelStats(1).update(data()[:200, 2:3]).calibration[0])

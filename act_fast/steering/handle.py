@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from act_fast.steering.control import StrengthControl
+from act_fast.steering.fold import changed_message
 from act_fast.steering.plan import SitePlan
 from act_fast.steering.site import SteeredSite
 
@@ -56,6 +57,7 @@ class SteeringHandle:
         parameters on the device. A ``[B]`` λ needs every site in ``fused`` or ``op`` mode.
         """
         self._alive()
+        self._refuse_changes("set the strength", by_value=False)
         if isinstance(strength, Tensor) and strength.ndim == 1:
             folded = [s.site for s in self._sites if s.mode == "fold"]
             if folded:
@@ -116,11 +118,26 @@ class SteeringHandle:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def remove(self) -> None:
-        """Restores the model exactly: removes hooks and fused forwards, copies folded originals back."""
+    def remove(self, changed: str = "raise") -> None:
+        """Restores the model exactly: removes hooks and fused forwards, copies folded originals back
+        (the values of the last ``load_state_dict`` into a folded module, else those at ``steer()``).
+
+        Args:
+            changed: for folded parameters written by anything other than ``load_state_dict`` while
+                steered (an optimizer step, ``copy_``; their unsteered value is unknown): ``"raise"``
+                refuses with the parameters named and changes nothing, ``"restore"`` copies the
+                values from ``steer()`` back (the change is lost), ``"keep"`` leaves their current
+                values (the folded map stays in them).
+        """
+        if changed not in ("raise", "restore", "keep"):
+            raise ValueError(f"changed must be 'raise', 'restore' or 'keep', got {changed!r}")
         if self._removed:
             return
+        if changed == "raise":
+            self._refuse_changes("remove the steering")
         for site in self._sites:
+            if changed == "keep":
+                site.keep_changes()
             site.remove()
             STEERED.pop(site.module, None)
         self._removed = True
@@ -136,6 +153,11 @@ class SteeringHandle:
         state = "removed" if self._removed else ", ".join(f"{n} {m}" for m, n in counts.items() if n)
         sets = f", map sets {list(self.map_sets)}" if self.map_sets else ""
         return f"SteeringHandle({len(self._sites)} sites: {state}{sets})"
+
+    def _refuse_changes(self, action: str, by_value: bool = True) -> None:
+        changed = [name for site in self._sites for name in site.changes(by_value)]
+        if changed:
+            raise RuntimeError(f"cannot {action}: {changed_message(changed)}")
 
     def _alive(self) -> None:
         if self._removed:

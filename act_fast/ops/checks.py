@@ -2,17 +2,21 @@
 
 Every error names what was expected and what came, with shapes, never tensor values. Shape, dtype
 and device checks cost no device work. Value checks of map and strength tensors (finite, ``lo ≤
-hi``) need a device read, so they run once per tensor version (cached on the tensor) and never
-while torch.compile traces (they would force a host sync and a graph break).
+hi``) need a device read, so they run once per tensor version (cached on the tensor; ``lo ≤ hi``
+once per *pair* of versions, since two tensors each fine alone can form an inverted pair: cached in
+a table keyed weakly by ``lo``, so nothing unpicklable is put on the tensors) and never while
+torch.compile traces (they would force a host sync and a graph break).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from act_fast.ops.reference import Strength
 
@@ -162,6 +166,8 @@ def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, fl
 
 
 _CHECKED_VERSION = "_act_fast_checked_version"
+# lo -> (weak reference to the hi it was checked with, lo's version, hi's version)
+_CHECKED_PAIRS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _first_bad(bad: Tensor) -> str:
@@ -181,16 +187,15 @@ def check_values(lo: Tensor | None = None, hi: Tensor | None = None, **tensors: 
         return
     named = {**tensors, "lo": lo, "hi": hi}
     fresh = [name for name, t in named.items() if t is not None and not _checked(t)]
-    if not fresh:
+    pair = lo is not None and hi is not None and not _pair_checked(lo, hi)
+    if not fresh and not pair:
         return
     for name in fresh:
         t = named[name]
         finite = torch.isfinite(t)
         if not bool(finite.all()):
-            where = "channels" if t.ndim == 1 else "[map, channel] entries" if t.ndim == 2 else "entries"
-            what = "λ" if name == "strength" else "a map"
-            raise ValueError(f"{name} (shape {list(t.shape)}) holds NaN or Inf at {where} {_first_bad(~finite)}; {what} must be finite")
-    if lo is not None and hi is not None and ("lo" in fresh or "hi" in fresh):
+            raise ValueError(_not_finite(name, t, ~finite))
+    if pair:
         inverted = lo > hi
         if bool(inverted.any()):
             raise ValueError(
@@ -199,10 +204,35 @@ def check_values(lo: Tensor | None = None, hi: Tensor | None = None, **tensors: 
             )
     for name in fresh:
         setattr(named[name], _CHECKED_VERSION, named[name]._version)
+    if pair and not _is_fake(lo):
+        _CHECKED_PAIRS[lo] = (weakref.ref(hi), lo._version, hi._version)
+
+
+def _not_finite(name: str, t: Tensor, bad: Tensor) -> str:
+    """The message for NaN / ±Inf in tensor ``name`` (λ: batch rows; maps: channels or entries)."""
+    what = "λ" if name == "strength" else "a map"
+    if t.ndim == 0:
+        return f"{name} (a 0-d tensor) is NaN or Inf; {what} must be finite"
+    if name == "strength":
+        where = "batch rows"
+    else:
+        where = "channels" if t.ndim == 1 else "[map, channel] entries" if t.ndim == 2 else "entries"
+    return f"{name} (shape {list(t.shape)}) holds NaN or Inf at {where} {_first_bad(bad)}; {what} must be finite"
+
+
+def _is_fake(t: Tensor) -> bool:
+    return isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta"
+
+
+def _pair_checked(lo: Tensor, hi: Tensor) -> bool:
+    if _is_fake(lo) or _is_fake(hi):
+        return True
+    state = _CHECKED_PAIRS.get(lo)
+    return state is not None and state[0]() is hi and state[1:] == (lo._version, hi._version)
 
 
 def _checked(t: Tensor) -> bool:
-    if isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta":
+    if _is_fake(t):
         return True
     return getattr(t, _CHECKED_VERSION, None) == t._version
 

@@ -45,6 +45,11 @@ class SteeringHandle:
     # -- strength ---------------------------------------------------------------------------
 
     @property
+    def strength_range(self) -> tuple[float, float] | None:
+        """The ``(lo, hi)`` every λ must lie in (``steer(..., strength_range=...)``), or None."""
+        return self._control.strength_range
+
+    @property
     def strength(self) -> Tensor:
         """The current λ (a copy of the device tensor: 0-d, or ``[B]`` per batch row)."""
         return next(iter(self._control.strength.values())).clone()
@@ -52,9 +57,10 @@ class SteeringHandle:
     def set_strength(self, strength: float | Tensor) -> None:
         """Sets λ: a finite number or 0-d tensor for every row, or ``[B]`` (one λ per batch row).
 
-        Values are checked (finite; a tensor on an accelerator is read once, here) and copied into
-        the handle's device tensors (no recompile). Folded sites are refolded from their original
-        parameters on the device. A ``[B]`` λ needs every site in ``fused`` or ``op`` mode.
+        Values are checked (finite, inside the handle's :attr:`strength_range` when it has one; a
+        tensor on an accelerator is read once, here) and copied into the handle's device tensors
+        (no recompile); a refused value changes nothing. Folded sites are refolded from their
+        original parameters on the device. A ``[B]`` λ needs every site in ``fused`` or ``op`` mode.
         """
         self._alive()
         self._refuse_changes("set the strength", by_value=False)

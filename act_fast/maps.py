@@ -26,6 +26,7 @@ from torch import Tensor
 
 from act_fast._version import __version__
 from act_fast.fileio import DIGEST_KEY, atomic_write, check_payload_digest, payload_digest, read_safetensors
+from act_fast.ops.checks import check_device
 from act_fast.ops.reference import Strength
 from act_fast.ops.transport import affine_transport
 
@@ -100,6 +101,7 @@ class AffineMap:
         return affine_transport(x, self.weight, self.bias, strength, self.lo, self.hi, channel_dim=channel_dim, pool_spatial=pool_spatial)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AffineMap":
+        check_device(device, "AffineMap.to")
         move = lambda v: None if v is None else v.to(device=device, dtype=dtype)  # noqa: E731
         return AffineMap(move(self.weight), move(self.bias), move(self.lo), move(self.hi))
 
@@ -157,6 +159,7 @@ class SteeringMaps(Mapping[str, AffineMap]):
         return {site: m.num_channels for site, m in self.maps.items()}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SteeringMaps":
+        check_device(device, "SteeringMaps.to")
         moved = {site: m.to(device, dtype) for site, m in self.maps.items()}
         return SteeringMaps(moved, **{k: v for k, v in self.metadata().items() if k in _META_FIELDS})
 
@@ -243,11 +246,13 @@ def load_maps(path: str | os.PathLike, device: torch.device | str | None = None)
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: ``device`` is not usable here (e.g. CUDA with a CPU-only torch), before reading.
         MapFileError: a directory, a truncated or corrupt file, not an act_fast map file, a newer
             format version, metadata of the wrong types or listing a site twice, missing or
             misshapen tensors, NaN/Inf values or ``lo > hi``, tensor data that does not match the
             file's digest (changed after it was written); the message names the file.
     """
+    check_device(device, "load_maps")
     path = Path(path)
     metadata, tensors = read_safetensors(path, "map file", MapFileError)
     raw_meta = metadata.get(FORMAT_NAME)

@@ -100,18 +100,13 @@ def check_device(name: str) -> str:
     """A validated device string; ``auto`` becomes ``cuda`` when CUDA is available, else ``cpu``."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device {name!r} is not a torch device (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device is visible"
-            raise CliError(f"--device {name}: CUDA is not available ({build}, torch {torch.__version__}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CliError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise CliError(f"--device {name}: MPS is not available on this machine")
+    from act_fast.ops.checks import device_problem
+
+    problem = device_problem(name)
+    if problem is not None and problem.startswith("not a torch device"):
+        raise CliError(f"--device {name!r} is {problem}")
+    if problem is not None:
+        raise CliError(f"--device {name}: {problem}; use --device cpu")
     return name
 
 

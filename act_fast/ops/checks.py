@@ -21,6 +21,33 @@ from torch.utils.weak import WeakIdKeyDictionary
 from act_fast.ops.reference import Strength
 
 
+def device_problem(device: object) -> str | None:
+    """Why ``device`` cannot hold tensors here (not a device, CUDA / MPS unavailable, an index past
+    the visible GPUs), or None. The CLI's ``--device`` check and the library's say the same."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, ValueError, TypeError):
+        return "not a torch device (use cpu, cuda or cuda:N)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None and torch.version.hip is None else "no CUDA device is visible"
+            return f"CUDA is not available ({build}, torch {torch.__version__})"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"only {torch.cuda.device_count()} CUDA device(s) visible"
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        return "MPS is not available on this machine"
+    return None
+
+
+def check_device(device: object, what: str) -> None:
+    """Raises ValueError naming ``what`` (e.g. ``load_maps``) when ``device`` cannot be used here."""
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"{what}: device {str(device)!r}: {problem}; use device='cpu'")
+
+
 def check_input(x: Tensor, name: str = "x") -> None:
     """``x`` must be a floating-point tensor with at least one dim."""
     if not isinstance(x, Tensor):

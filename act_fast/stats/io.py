@@ -27,6 +27,7 @@ from act_fast._version import __version__
 from act_fast.fileio import DIGEST_KEY, atomic_write, check_payload_digest, payload_digest, read_safetensors
 from act_fast.maps import FORMAT_NAME as MAPS_FORMAT_NAME
 from act_fast.maps import model_fingerprint
+from act_fast.ops.checks import check_device
 from act_fast.stats.channel_stats import ChannelStats
 
 FORMAT_NAME = "act_fast.stats"
@@ -142,11 +143,13 @@ def load_stats(path: str | os.PathLike, device: torch.device | str | None = None
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: ``device`` is not usable here (e.g. CUDA with a CPU-only torch), before reading.
         StatsFileError: a folder, a truncated or corrupt file, not a statistics file (a map file
             says so), a newer format version, tensors missing or left over, or a state that
             :meth:`ChannelStats.load_state_dict` refuses, tensor data that does not match the
             file's digest (changed after it was written); the message names the file and site.
     """
+    check_device(device, "load_stats")
     path = Path(path)
     header, tensors = _open(path, tensors=True)
     by_site: dict[str, dict[str, Tensor]] = {site: {} for site in header["sites"]}

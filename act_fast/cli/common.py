@@ -52,24 +52,52 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _items(text: str, expected: str) -> list[str]:
+    """Comma-separated items, none of them empty (``0.5,,1`` is a typo, not two values)."""
+    items = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in items):
+        raise argparse.ArgumentTypeError(f"expected {expected} with no empty item, got {text!r}")
+    return items
+
+
 def strengths(text: str) -> tuple[float, ...]:
-    """``"0,0.5,1"`` → ``(0.0, 0.5, 1.0)``; finite numbers only."""
+    """``"0,0.5,1"`` → ``(0.0, 0.5, 1.0)``; finite numbers only, no empty item."""
+    items = _items(text, "comma-separated numbers")
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in items)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one strength")
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"strengths must be finite numbers, got {text!r}")
     return values
 
 
+def strength_range(text: str) -> tuple[float, float]:
+    """``"LO,HI"`` → ``(lo, hi)``: two finite numbers, ``lo ≤ hi``."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise argparse.ArgumentTypeError(f"expected two finite numbers LO,HI, got {text!r}")
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"expected LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def fraction(text: str) -> float:
+    """A number in the open interval (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text}")
+    return value
+
+
 def comma_list(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    return values
+    return tuple(_items(text, "a comma-separated list"))
 
 
 # ----------------------------------------------------------------------------- shared options

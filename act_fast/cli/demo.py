@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated strengths λ (default: 0,0.1,...,1)")
     p.add_argument("--support", default=defaults.support, help="support preset of the maps, e.g. q_all, q_0_100, q_5_95 (default: %(default)s)")
     p.add_argument("--sites", default=defaults.sites, help="site preset for act_fast.sites (default: %(default)s)")
-    p.add_argument("--held-out", type=float, default=defaults.held_out, help="fraction of each topic held out of the fit (default: %(default)s)")
+    p.add_argument("--held-out", type=common.fraction, default=defaults.held_out, help="fraction of each topic held out of the fit (default: %(default)s)")
     p.add_argument("--batch-size", type=common.positive_int, default=defaults.batch_size, help="sentences per forward pass (default: %(default)s)")
     p.add_argument("--out", default="act_fast_demo", help="output folder for maps, JSON and plot (default: %(default)s)")
     p.add_argument("--maps", metavar="FILE", help="reuse maps fitted by an earlier run (its maps.safetensors) instead of fitting")

@@ -138,6 +138,25 @@ def check_device(name: str) -> str:
     return name
 
 
+def build_cpu_kernels_first(device: str) -> None:
+    """On a CPU device, builds the compiled CPU kernels now if this machine has no build yet (their
+    message says so; about a minute, once), instead of silently inside the first forward pass. A
+    failed build is left to the ops, which warn once and run the pure-torch path."""
+    if torch.device(device).type != "cpu":
+        return
+    from act_fast.ops import cpu_kernels
+
+    if not cpu_kernels.enabled() or cpu_kernels.library_path().is_file():
+        return
+    from act_fast.build import build_cpu
+
+    try:
+        report = build_cpu()
+    except cpu_kernels.CpuKernelsUnavailable:
+        return
+    print(f"act_fast: CPU kernels built in {report.seconds:.0f} s (act-fast build-cpu does this ahead of time)", file=sys.stderr, flush=True)
+
+
 def check_support(value: str | None) -> str | tuple[float, float] | None:
     """A support preset (``q_all``, ``q_0_100``, … ``q_40_60``) or ``LO,HI`` quantile levels."""
     if value is None:

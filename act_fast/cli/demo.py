@@ -5,6 +5,7 @@ one topic to another with Linear-AcT and report how held-out sentences move (see
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 
@@ -50,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def say(line: str) -> None:
+    """A phase line on stderr (seen in logs too, where progress bars are off)."""
+    print(f"act-fast demo: {line}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """``act-fast demo``: runs the pipeline, prints the table (and generations), writes the files."""
     from act_fast.demo import DemoConfig, run_demo
@@ -74,13 +80,15 @@ def run(args: argparse.Namespace) -> int:
     )
 
     start = time.perf_counter()
+    common.build_cpu_kernels_first(device)
+    say(f"loading {args.model or MINILM_NAME} on {device}")
     torch.manual_seed(args.seed)
     if args.model:
         tokenizer, model = load_causal_lm(args.model, device)
     else:
         tokenizer, model = load_minilm(device)
     loaded = time.perf_counter() - start
-    result = run_demo(tokenizer, model, config, model_name=args.model or MINILM_NAME, token_type_ids=not args.model, maps=maps)
+    result = run_demo(tokenizer, model, config, model_name=args.model or MINILM_NAME, token_type_ids=not args.model, maps=maps, log=say)
     if maps is not None:
         print(f"maps from {args.maps} ({len(maps)} sites, fitted {maps.created}); no fit")
     print(format_table(result))

@@ -3,9 +3,9 @@
 Every error names what was expected and what came, with shapes, never tensor values. Shape, dtype
 and device checks cost no device work. Value checks of map and strength tensors (finite, ``lo ≤
 hi``) need a device read, so they run once per tensor version (cached on the tensor; ``lo ≤ hi``
-once per *pair* of versions, since two tensors each fine alone can form an inverted pair: cached in
-a table keyed weakly by ``lo``, so nothing unpicklable is put on the tensors) and never while
-torch.compile traces (they would force a host sync and a graph break).
+once per *pair* of versions, since two tensors each fine alone can form an inverted pair: cached on
+``lo`` with a weak reference to its ``hi``) and never while torch.compile traces (they would force
+a host sync and a graph break).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import weakref
 
 import torch
 from torch import Tensor
-from torch.utils.weak import WeakIdKeyDictionary
 
 from act_fast.ops.reference import Strength
 
@@ -193,8 +192,21 @@ def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, fl
 
 
 _CHECKED_VERSION = "_act_fast_checked_version"
-# lo -> (weak reference to the hi it was checked with, lo's version, hi's version)
-_CHECKED_PAIRS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_CHECKED_PAIR = "_act_fast_checked_pair"
+
+
+class _PairMark:
+    """On ``lo``: the ``hi`` it was checked with (weakly) and both versions. Pickles and copies of
+    ``lo`` get an empty mark (a weak reference cannot be pickled, and a copy is checked again)."""
+
+    __slots__ = ("hi", "versions")
+
+    def __init__(self, hi: Tensor | None = None, versions: tuple[int, int] = (-1, -1)) -> None:
+        self.hi = None if hi is None else weakref.ref(hi)
+        self.versions = versions
+
+    def __reduce__(self) -> tuple:
+        return (_PairMark, ())
 
 
 def _first_bad(bad: Tensor) -> str:
@@ -232,7 +244,7 @@ def check_values(lo: Tensor | None = None, hi: Tensor | None = None, **tensors: 
     for name in fresh:
         setattr(named[name], _CHECKED_VERSION, named[name]._version)
     if pair and not _is_fake(lo):
-        _CHECKED_PAIRS[lo] = (weakref.ref(hi), lo._version, hi._version)
+        setattr(lo, _CHECKED_PAIR, _PairMark(hi, (lo._version, hi._version)))
 
 
 def _not_finite(name: str, t: Tensor, bad: Tensor) -> str:
@@ -252,10 +264,10 @@ def _is_fake(t: Tensor) -> bool:
 
 
 def _pair_checked(lo: Tensor, hi: Tensor) -> bool:
-    if _is_fake(lo) or _is_fake(hi):
+    mark = getattr(lo, _CHECKED_PAIR, None)
+    if mark is not None and mark.hi is not None and mark.hi() is hi and mark.versions == (lo._version, hi._version):
         return True
-    state = _CHECKED_PAIRS.get(lo)
-    return state is not None and state[0]() is hi and state[1:] == (lo._version, hi._version)
+    return _is_fake(lo) or _is_fake(hi)
 
 
 def _checked(t: Tensor) -> bool:

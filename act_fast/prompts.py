@@ -181,7 +181,7 @@ class PromptSource:
             raise PromptSourceError(f"{self.describe()}: no column {field!r}; columns: {list(columns)} (choose one with --field)")
         csv = Path(self.spec).suffix.lower() == ".csv"
         for number, record in enumerate(ds, 1):  # 1-based, like .jsonl lines
-            text = _text_of(record, field, f"{self.spec} row {number}" + (f" (line {number + 1})" if csv else ""))
+            text = _text_of(record, field, f"{self.spec} row {number}" + (" (counted from 1 after the header)" if csv else ""))
             if text.strip():
                 yield text
 

@@ -30,6 +30,7 @@ def test_local_folders_are_not_the_hubs(tmp_path):
     assert hub.hub_kwargs(str(tmp_path)) == {} and hub.hub_kwargs("./nowhere") == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("demo", "--no-plot"), ("collect", "--data", "act_fast/data/cooking.txt", "--out", "never.safetensors")])
 def test_the_cli_fails_at_once_without_the_hub(tmp_path, command):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}

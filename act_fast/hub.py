@@ -54,6 +54,6 @@ def hub_kwargs(name: str, *, timeout: float = 5.0) -> dict[str, bool]:
     if _cached(name):
         return {"local_files_only": True}
     raise HubUnreachable(
-        f"the Hugging Face hub is unreachable ({reason}; HF_HUB_OFFLINE=1 makes this explicit) and {name!r} is not in "
-        "the local cache; download it where the hub is reachable, or give a local model folder"
+        f"the Hugging Face hub is unreachable ({reason}) and {name!r} is not in the local cache; download it where the "
+        "hub is reachable, or give a local model folder"
     )

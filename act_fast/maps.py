@@ -3,8 +3,11 @@
 A map file is a safetensors file whose tensors are ``"<site>/weight"``, ``"<site>/bias"`` and,
 when the map has a support, ``"<site>/lo"`` and ``"<site>/hi"`` (float32, ``[C]`` each), and whose
 metadata holds ``act_fast.maps`` (a JSON object: format version, sites in order, channel counts,
-method, support, pooling, model type and config fingerprint, creation time, act_fast version).
-No pickle anywhere. Files are written atomically (:func:`act_fast.fileio.atomic_write`).
+method, support, pooling, model type and config fingerprint, creation time, act_fast version, and
+the SHA-256 of the tensor payload, :func:`act_fast.fileio.payload_digest`, checked on load; files
+without one, written before it existed, still load). No pickle anywhere. Files are validated as
+``load_maps`` validates them before they are written, and written atomically
+(:func:`act_fast.fileio.atomic_write`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from torch import Tensor
 
 from act_fast._version import __version__
-from act_fast.fileio import atomic_write, read_safetensors
+from act_fast.fileio import DIGEST_KEY, atomic_write, check_payload_digest, payload_digest, read_safetensors
+from act_fast.ops.checks import check_device
 from act_fast.ops.reference import Strength
 from act_fast.ops.transport import affine_transport
 
@@ -39,6 +43,31 @@ _FINGERPRINT_IGNORED = frozenset(
 
 class MapFileError(ValueError):
     """A map file that cannot be read: missing, truncated, corrupt, not a map file, or invalid."""
+
+
+def validate_fields(fields: Mapping[str, Tensor | None], where: str = "map") -> None:
+    """Checks a map's tensors by field name (``weight``, ``bias``, optional ``lo`` / ``hi``): shapes
+    ``[C]``, floating dtypes, one device, finite values, ``lo ≤ hi``; raises ValueError/TypeError."""
+    weight, lo, hi = fields["weight"], fields.get("lo"), fields.get("hi")
+    C = weight.numel() if isinstance(weight, Tensor) else -1
+    if (lo is None) != (hi is None):
+        raise ValueError(f"{where}: lo and hi must be given together")
+    for name in _FIELDS:
+        v = fields.get(name)
+        if v is None:
+            continue
+        if not isinstance(v, Tensor) or not v.is_floating_point():
+            raise TypeError(f"{where}: {name} must be a floating-point tensor, got {type(v).__name__ if not isinstance(v, Tensor) else v.dtype}")
+        if v.ndim != 1 or v.numel() != C:
+            raise ValueError(f"{where}: {name} must have shape [{C}] like weight, got {list(v.shape)}")
+        if v.device != weight.device:
+            raise ValueError(f"{where}: {name} is on {v.device} but weight is on {weight.device}")
+        if not bool(torch.isfinite(v).all()):
+            bad = (~torch.isfinite(v)).nonzero().flatten()[:8].tolist()
+            raise ValueError(f"{where}: {name} holds NaN or Inf (first bad channels: {bad})")
+    if lo is not None and bool((lo > hi).any()):
+        bad = (lo > hi).nonzero().flatten()[:8].tolist()
+        raise ValueError(f"{where}: support has lo > hi (first bad channels: {bad}); lo <= hi is required (lo == hi: the map never applies there)")
 
 
 @dataclass
@@ -65,31 +94,14 @@ class AffineMap:
     def validate(self, where: str = "map") -> None:
         """Shapes ``[C]``, floating dtypes, one device, finite values, ``lo ≤ hi``; raises
         ValueError/TypeError."""
-        C = self.weight.numel() if isinstance(self.weight, Tensor) else -1
-        if (self.lo is None) != (self.hi is None):
-            raise ValueError(f"{where}: lo and hi must be given together")
-        for name in _FIELDS:
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if not isinstance(v, Tensor) or not v.is_floating_point():
-                raise TypeError(f"{where}: {name} must be a floating-point tensor, got {type(v).__name__ if not isinstance(v, Tensor) else v.dtype}")
-            if v.ndim != 1 or v.numel() != C:
-                raise ValueError(f"{where}: {name} must have shape [{C}] like weight, got {list(v.shape)}")
-            if v.device != self.weight.device:
-                raise ValueError(f"{where}: {name} is on {v.device} but weight is on {self.weight.device}")
-            if not bool(torch.isfinite(v).all()):
-                bad = (~torch.isfinite(v)).nonzero().flatten()[:8].tolist()
-                raise ValueError(f"{where}: {name} holds NaN or Inf (first bad channels: {bad})")
-        if self.lo is not None and bool((self.lo > self.hi).any()):
-            bad = (self.lo > self.hi).nonzero().flatten()[:8].tolist()
-            raise ValueError(f"{where}: support has lo > hi (first bad channels: {bad}); lo <= hi is required (lo == hi: the map never applies there)")
+        validate_fields({name: getattr(self, name) for name in _FIELDS}, where)
 
     def apply(self, x: Tensor, strength: Strength = 1.0, *, channel_dim: int = -1, pool_spatial: bool = False) -> Tensor:
         """``x`` transported with strength λ; see :func:`act_fast.ops.affine_transport` for shapes."""
         return affine_transport(x, self.weight, self.bias, strength, self.lo, self.hi, channel_dim=channel_dim, pool_spatial=pool_spatial)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AffineMap":
+        check_device(device, "AffineMap.to")
         move = lambda v: None if v is None else v.to(device=device, dtype=dtype)  # noqa: E731
         return AffineMap(move(self.weight), move(self.bias), move(self.lo), move(self.hi))
 
@@ -147,6 +159,7 @@ class SteeringMaps(Mapping[str, AffineMap]):
         return {site: m.num_channels for site, m in self.maps.items()}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SteeringMaps":
+        check_device(device, "SteeringMaps.to")
         moved = {site: m.to(device, dtype) for site, m in self.maps.items()}
         return SteeringMaps(moved, **{k: v for k, v in self.metadata().items() if k in _META_FIELDS})
 
@@ -166,15 +179,27 @@ class SteeringMaps(Mapping[str, AffineMap]):
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Writes the maps as safetensors (float32) to ``path`` atomically; returns the path."""
+        """Writes the maps as safetensors (float32) to ``path`` atomically; returns the path.
+
+        Raises:
+            TypeError, ValueError: a site that is not an :class:`AffineMap` or a map that
+                :func:`load_maps` would refuse once stored in float32 (NaN / Inf, also from float64
+                values beyond float32's range, ``lo > hi``, shapes; maps changed in place after
+                they were made), naming the site; nothing is written.
+        """
         from safetensors.torch import save_file
 
-        tensors = {
-            f"{site}/{name}": t.detach().to("cpu", torch.float32).contiguous()
-            for site, m in self.maps.items()
-            for name, t in m.tensors().items()
-        }
-        metadata = {FORMAT_NAME: json.dumps(self.metadata())}
+        tensors: dict[str, Tensor] = {}
+        for site, m in self.maps.items():
+            if not isinstance(site, str) or not isinstance(m, AffineMap):
+                raise TypeError(f"site {site!r}: a str site name and an AffineMap expected, got {type(site).__name__} -> {type(m).__name__}")
+            stored = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in m.tensors().items()}
+            try:
+                validate_fields(stored, f"site {site!r}")
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"cannot save maps to {path}: {err}") from None
+            tensors.update({f"{site}/{name}": t for name, t in stored.items()})
+        metadata = {FORMAT_NAME: json.dumps({**self.metadata(), DIGEST_KEY: payload_digest(tensors)})}
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     def to_gguf(self, path: str | os.PathLike, *, model_hint: str | None = None) -> Path:
@@ -242,10 +267,13 @@ def load_maps(path: str | os.PathLike, device: torch.device | str | None = None)
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: ``device`` is not usable here (e.g. CUDA with a CPU-only torch), before reading.
         MapFileError: a directory, a truncated or corrupt file, not an act_fast map file, a newer
             format version, metadata of the wrong types or listing a site twice, missing or
-            misshapen tensors, NaN/Inf values or ``lo > hi``; the message names the file.
+            misshapen tensors, NaN/Inf values or ``lo > hi``, tensor data that does not match the
+            file's digest (changed after it was written); the message names the file.
     """
+    check_device(device, "load_maps")
     foreign = _load_foreign(path, device)
     if foreign is not None:
         return foreign
@@ -273,6 +301,7 @@ def load_maps(path: str | os.PathLike, device: torch.device | str | None = None)
     extra = sorted(set(tensors) - expected_keys)
     if extra:
         raise MapFileError(f"{path}: tensors that belong to no listed site: {extra[:8]}")
+    check_payload_digest(path, meta.get(DIGEST_KEY), tensors, MapFileError)
     loaded = SteeringMaps(maps, **{k: str(meta.get(k, "")) for k in _META_FIELDS})
     return loaded if device is None else loaded.to(device)
 

@@ -179,8 +179,9 @@ class PromptSource:
         columns = getattr(ds, "column_names", None)
         if columns is not None and field not in columns:
             raise PromptSourceError(f"{self.describe()}: no column {field!r}; columns: {list(columns)} (choose one with --field)")
-        for number, record in enumerate(ds):
-            text = _text_of(record, field, f"{self.spec} row {number}")
+        csv = Path(self.spec).suffix.lower() == ".csv"
+        for number, record in enumerate(ds, 1):  # 1-based, like .jsonl lines
+            text = _text_of(record, field, f"{self.spec} row {number}" + (" (counted from 1 after the header)" if csv else ""))
             if text.strip():
                 yield text
 

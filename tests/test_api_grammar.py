@@ -93,7 +93,7 @@ def test_empty_support_intervals_become_no_support_with_a_warning():
     s = torch.tensor([[1.0, 5.0, 2.0]])  # one sample: every quantile coincides
     t = torch.tensor([[2.0, 6.0, 4.0], [3.0, 7.0, 5.0]])
     with pytest.warns(UserWarning, match="3 of 3 channels have an empty support interval"):
-        m = af.fit_map(s, t, method="mean_diff", support="q_5_95")
+        m = af.fit_map(s, t, method="mean_act", support="q_5_95")
     x = torch.tensor([[0.0, 100.0, -50.0]])
     assert torch.equal(m.apply(x, 1.0), x + m.bias)  # the map applies everywhere
     s2 = torch.tensor([[1.0, 5.0], [1.0, 6.0], [1.0, 7.0]])  # channel 0 constant

@@ -142,9 +142,10 @@ def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--source", "tennis"])
     assert cli.main(["demo", "--source", "cooking", "--target", "cooking"]) == 2
-    assert cli.main(["demo", "--held-out", "1.5"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--held-out", "1.5"])
     err = capsys.readouterr().err
-    assert "act-fast demo: error: source and target must be different topics" in err and "held_out must be" in err
+    assert "act-fast demo: error: source and target must be different topics" in err and "--held-out: expected a fraction in (0, 1)" in err
 
 
 def test_console_script_is_registered_and_help_runs():

@@ -68,3 +68,33 @@ def test_a_live_process_temporary_is_kept(tmp_path):
     alive.mkdir()
     atomic_write(tmp_path / "f.bin", lambda tmp: open(tmp, "wb").write(b"x"))
     assert alive.is_dir()
+
+
+def test_an_existing_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "maps.safetensors"
+    atomic_write(target, lambda tmp: open(tmp, "wb").write(b"old"))
+    os.chmod(target, 0o600)
+    atomic_write(target, lambda tmp: open(tmp, "wb").write(b"new"))
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o600
+    os.chmod(target, 0o640)
+    atomic_write(target, lambda tmp: open(tmp, "wb").write(b"newer"))
+    assert target.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "maps-v1.safetensors"
+    atomic_write(real, lambda tmp: open(tmp, "wb").write(b"old"))
+    os.chmod(real, 0o600)
+    link = tmp_path / "maps.safetensors"
+    link.symlink_to(real)
+    atomic_write(link, lambda tmp: open(tmp, "wb").write(b"new"))
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_bytes() == b"new" and real.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.safetensors", "store"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["maps-v1.safetensors"]
+    # a link whose target does not exist yet: the target is created, the link kept
+    dangling = tmp_path / "next.safetensors"
+    dangling.symlink_to("store/maps-v2.safetensors")
+    atomic_write(dangling, lambda tmp: open(tmp, "wb").write(b"v2"))
+    assert dangling.is_symlink() and (tmp_path / "store" / "maps-v2.safetensors").read_bytes() == b"v2"

@@ -213,3 +213,73 @@ def test_files_honour_the_umask_and_stale_temporaries_are_cleaned(tmp_path):
     make_maps().save(path)
     assert not stale.exists() and alive.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "maps.safetensors", "private.safetensors"])
+
+
+def tensor_data_span(path) -> tuple[int, int]:
+    """Byte range of a safetensors file's tensor data (after the 8-byte length and the JSON header)."""
+    raw = path.read_bytes()
+    start = 8 + struct.unpack("<Q", raw[:8])[0]
+    return start, len(raw)
+
+
+def test_every_byte_flip_in_the_tensor_data_is_refused(tmp_path):
+    path = make_maps().save(tmp_path / "maps.safetensors")
+    raw = path.read_bytes()
+    start, end = tensor_data_span(path)
+    assert end - start == 4 * (4 * 6 + 2 * 4)
+    accepted = []
+    for i in range(start, end):
+        flipped = bytearray(raw)
+        flipped[i] ^= 0x01 if i % 2 else 0x80  # low mantissa bits and sign / exponent bits
+        path.write_bytes(bytes(flipped))
+        try:
+            load_maps(path)
+            accepted.append(i - start)
+        except MapFileError as err:
+            assert str(path) in str(err) and "digest" in str(err), err
+    assert not accepted, f"{len(accepted)} flipped bytes loaded: {accepted[:8]}"
+
+
+def test_files_without_a_digest_still_load(tmp_path):
+    """Files written before the digest existed load as before (all their other checks apply)."""
+    from safetensors.torch import save_file
+
+    maps = make_maps()
+    meta = maps.metadata()
+    tensors = {f"{site}/{name}": t for site, m in maps.items() for name, t in m.tensors().items()}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={FORMAT_NAME: json.dumps(meta)})
+    loaded = load_maps(tmp_path / "old.safetensors")
+    assert torch.equal(loaded["model.layers.1.mlp"].weight, maps["model.layers.1.mlp"].weight)
+    meta["payload_sha256"] = 12  # a digest of the wrong kind is refused
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={FORMAT_NAME: json.dumps(meta)})
+    with pytest.raises(MapFileError, match="payload_sha256"):
+        load_maps(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda m: m.weight.__setitem__(1, float("nan")), "weight holds NaN or Inf"),
+        (lambda m: m.bias.__setitem__(0, float("inf")), "bias holds NaN or Inf"),
+        (lambda m: m.lo.__setitem__(2, 5.0), "lo > hi"),
+    ],
+)
+def test_save_refuses_what_load_would_refuse(tmp_path, spoil, message):
+    maps = make_maps()
+    spoil(maps["model.layers.0.post_attention_layernorm"])  # changed in place after validation
+    path = tmp_path / "maps.safetensors"
+    with pytest.raises(ValueError, match=message) as err:
+        maps.save(path)
+    assert "model.layers.0.post_attention_layernorm" in str(err.value)
+    assert not path.exists()
+
+
+def test_save_refuses_values_that_overflow_float32(tmp_path):
+    maps = SteeringMaps({"a": AffineMap(torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1e300], dtype=torch.float64))})
+    with pytest.raises(ValueError, match="site 'a'.*bias holds NaN or Inf"):
+        maps.save(tmp_path / "m.safetensors")
+
+
+def test_save_refuses_what_is_not_a_map(tmp_path):
+    with pytest.raises(TypeError, match="site 'a'"):
+        SteeringMaps({"a": (torch.ones(2), torch.zeros(2))}).save(tmp_path / "m.safetensors")

@@ -12,7 +12,7 @@
 - ``build-cpu``: build the compiled CPU kernels ahead of time (:mod:`act_fast.build`).
 
 User errors print one line, ``act-fast COMMAND: error: CAUSE``, and exit with status 2
-(``ACT_FAST_DEBUG=1`` shows the traceback instead).
+(``ACT_FAST_DEBUG=1`` shows the traceback instead); argparse's own errors too (no usage block).
 """
 
 from __future__ import annotations
@@ -21,17 +21,25 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from act_fast.cli.common import CliError, one_line
 
 SUBCOMMANDS = ("collect", "merge", "fit", "generate", "inspect", "export", "bench", "demo", "build_cpu")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, like every other user error (not the usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="act-fast", description="Steer models by transporting their activations (AcT, LinEAS).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="act-fast", description="Steer models by transporting their activations (AcT, LinEAS).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"act_fast.cli.{name}").add_parser(sub)
     return parser

@@ -52,24 +52,52 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _items(text: str, expected: str) -> list[str]:
+    """Comma-separated items, none of them empty (``0.5,,1`` is a typo, not two values)."""
+    items = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in items):
+        raise argparse.ArgumentTypeError(f"expected {expected} with no empty item, got {text!r}")
+    return items
+
+
 def strengths(text: str) -> tuple[float, ...]:
-    """``"0,0.5,1"`` → ``(0.0, 0.5, 1.0)``; finite numbers only."""
+    """``"0,0.5,1"`` → ``(0.0, 0.5, 1.0)``; finite numbers only, no empty item."""
+    items = _items(text, "comma-separated numbers")
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in items)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one strength")
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"strengths must be finite numbers, got {text!r}")
     return values
 
 
+def strength_range(text: str) -> tuple[float, float]:
+    """``"LO,HI"`` → ``(lo, hi)``: two finite numbers, ``lo ≤ hi``."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise argparse.ArgumentTypeError(f"expected two finite numbers LO,HI, got {text!r}")
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"expected LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def fraction(text: str) -> float:
+    """A number in the open interval (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text}")
+    return value
+
+
 def comma_list(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    return values
+    return tuple(_items(text, "a comma-separated list"))
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -100,19 +128,33 @@ def check_device(name: str) -> str:
     """A validated device string; ``auto`` becomes ``cuda`` when CUDA is available, else ``cpu``."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device {name!r} is not a torch device (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device is visible"
-            raise CliError(f"--device {name}: CUDA is not available ({build}, torch {torch.__version__}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CliError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise CliError(f"--device {name}: MPS is not available on this machine")
+    from act_fast.ops.checks import device_problem
+
+    problem = device_problem(name)
+    if problem is not None and problem.startswith("not a torch device"):
+        raise CliError(f"--device {name!r} is {problem}")
+    if problem is not None:
+        raise CliError(f"--device {name}: {problem}; use --device cpu")
     return name
+
+
+def build_cpu_kernels_first(device: str) -> None:
+    """On a CPU device, builds the compiled CPU kernels now if this machine has no build yet (their
+    message says so; about a minute, once), instead of silently inside the first forward pass. A
+    failed build is left to the ops, which warn once and run the pure-torch path."""
+    if torch.device(device).type != "cpu":
+        return
+    from act_fast.ops import cpu_kernels
+
+    if not cpu_kernels.enabled() or cpu_kernels.library_path().is_file():
+        return
+    from act_fast.build import build_cpu
+
+    try:
+        report = build_cpu()
+    except cpu_kernels.CpuKernelsUnavailable:
+        return
+    print(f"act_fast: CPU kernels built in {report.seconds:.0f} s (act-fast build-cpu does this ahead of time)", file=sys.stderr, flush=True)
 
 
 def check_support(value: str | None) -> str | tuple[float, float] | None:

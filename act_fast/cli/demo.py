@@ -5,6 +5,7 @@ one topic to another with Linear-AcT and report how held-out sentences move (see
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated strengths λ (default: 0,0.1,...,1)")
     p.add_argument("--support", default=defaults.support, help="support preset of the maps, e.g. q_all, q_0_100, q_5_95 (default: %(default)s)")
     p.add_argument("--sites", default=defaults.sites, help="site preset for act_fast.sites (default: %(default)s)")
-    p.add_argument("--held-out", type=float, default=defaults.held_out, help="fraction of each topic held out of the fit (default: %(default)s)")
+    p.add_argument("--held-out", type=common.fraction, default=defaults.held_out, help="fraction of each topic held out of the fit (default: %(default)s)")
     p.add_argument("--batch-size", type=common.positive_int, default=defaults.batch_size, help="sentences per forward pass (default: %(default)s)")
     p.add_argument("--out", default="act_fast_demo", help="output folder for maps, JSON and plot (default: %(default)s)")
     p.add_argument("--maps", metavar="FILE", help="reuse maps fitted by an earlier run (its maps.safetensors) instead of fitting")
@@ -48,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="strengths of the steered generations (default: 0.5,1)")
     lm.add_argument("--max-new-tokens", type=common.positive_int, default=40, help="tokens per generation (default: %(default)s)")
     p.set_defaults(run=run)
+
+
+def say(line: str) -> None:
+    """A phase line on stderr (seen in logs too, where progress bars are off)."""
+    print(f"act-fast demo: {line}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,13 +80,15 @@ def run(args: argparse.Namespace) -> int:
     )
 
     start = time.perf_counter()
+    common.build_cpu_kernels_first(device)
+    say(f"loading {args.model or MINILM_NAME} on {device}")
     torch.manual_seed(args.seed)
     if args.model:
         tokenizer, model = load_causal_lm(args.model, device)
     else:
         tokenizer, model = load_minilm(device)
     loaded = time.perf_counter() - start
-    result = run_demo(tokenizer, model, config, model_name=args.model or MINILM_NAME, token_type_ids=not args.model, maps=maps)
+    result = run_demo(tokenizer, model, config, model_name=args.model or MINILM_NAME, token_type_ids=not args.model, maps=maps, log=say)
     if maps is not None:
         print(f"maps from {args.maps} ({len(maps)} sites, fitted {maps.created}); no fit")
     print(format_table(result))

@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--maps", required=True, metavar="MAPS.safetensors", help="map file (act-fast fit, or SteeringMaps.save)")
     p.add_argument("--strength", type=common.strengths, default=(1.0,), metavar="L1,L2,...",
                    help="comma-separated strengths λ (default: 1)")
+    p.add_argument("--strength-range", type=common.strength_range, metavar="LO,HI",
+                   help="refuse any --strength outside [LO, HI], as steer(..., strength_range=) does (a negative LO: --strength-range=-1,2); default: none")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeat for several)")
     p.add_argument("--prompts", metavar="FILE", help="more prompts: a .txt file (one a line) or a .jsonl file")
     p.add_argument("--max-new-tokens", type=common.positive_int, default=40, help="tokens per continuation (default: %(default)s)")
@@ -34,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from act_fast.prompts import read_prompts
 
     device = common.check_device(args.device)
+    if args.strength_range is not None:
+        lo, hi = args.strength_range
+        outside = [v for v in args.strength if not lo <= v <= hi]
+        if outside:
+            raise CliError(f"--strength {outside[0]:g} is outside --strength-range [{lo:g}, {hi:g}]")
     prompts = list(args.prompt)
     if args.prompts:
         source = read_prompts(args.prompts)
@@ -47,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.model)
     check_maps_fit(maps, config, args.maps, allow_other=args.allow_model_mismatch)
     tokenizer, model = load_model(args.model, device, args.dtype, causal=True, config=config)
-    texts = generations(tokenizer, model, maps.to(device), list(args.strength), prompts, args.max_new_tokens)
+    texts = generations(tokenizer, model, maps.to(device), list(args.strength), prompts, args.max_new_tokens,
+                        strength_range=args.strength_range)
     print(f"{args.model}: greedy continuations, {maps.method or 'hand-made'} maps on {len(maps)} sites from {args.maps}\n")
     print(format_generations(prompts, texts))
     return 0

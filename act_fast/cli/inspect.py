@@ -37,6 +37,16 @@ def _kind(path: Path) -> str:
     raise CliError(f"{path}: a safetensors file, but neither an act_fast map file nor a statistics file")
 
 
+def _check_plot_format(plot: Path) -> None:
+    """The plot's suffix must be a format matplotlib writes (checked before anything is printed)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if plot.suffix.lower().lstrip(".") not in formats:
+        raise CliError(f"--plot {plot}: matplotlib cannot write {plot.suffix or 'files without a suffix'!r}; "
+                       f"use {', '.join('.' + f for f in sorted(formats))}")
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     kind = _kind(path)
@@ -45,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--plot draws map files; this is a statistics file")
         common.require_matplotlib("inspect --plot")
         plot = common.check_output(args.plot, suffix=".png")
+        _check_plot_format(plot)
     if kind == "stats":
         return _stats(path)
     from act_fast.cli.summary import format_maps_table, plot_maps, summarize_maps

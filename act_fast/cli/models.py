@@ -24,6 +24,17 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
 
 
+def _hub(name: str) -> dict[str, bool]:
+    """:func:`act_fast.hub.hub_kwargs`, failing at once (not after transformers' retries) when the
+    hub is unreachable and the model is not cached."""
+    from act_fast.hub import HubUnreachable, hub_kwargs
+
+    try:
+        return hub_kwargs(name)
+    except HubUnreachable as err:
+        raise CliError(f"cannot load model {name!r}: {err}") from None
+
+
 def load_config(name: str) -> Any:
     """The model's ``transformers`` config (cheap: no weights), or a one-line :class:`CliError`."""
     try:
@@ -37,7 +48,9 @@ def load_config(name: str) -> Any:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise CliError(f"{path} is not a model folder (no config.json)")
     try:
-        return AutoConfig.from_pretrained(str(path) if _looks_local(name) else name)
+        return AutoConfig.from_pretrained(str(path) if _looks_local(name) else name, **_hub(name))
+    except CliError:
+        raise
     except Exception as err:  # noqa: BLE001 -- hub, network and config errors all mean "cannot load"
         where = f"model folder {path}" if _looks_local(name) else f"model {name!r}"
         hint = "" if _looks_local(name) else f": {_OFFLINE_HINT}"
@@ -88,8 +101,11 @@ def load_model(name: str, device: str, dtype: str = "auto", *, causal: bool = Fa
     kind = "dtype" if tuple(int(v) for v in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
     kwargs = {kind: "auto" if dtype == "auto" else DTYPES[dtype]}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(source, **kwargs)
+        hub = _hub(name)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+        model = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(source, **kwargs, **hub)
+    except CliError:
+        raise
     except Exception as err:  # noqa: BLE001
         hint = "" if _looks_local(name) else f": {_OFFLINE_HINT}"
         raise CliError(f"cannot load {name!r} ({type(err).__name__}: {one_line(err)[:300]}){hint}") from None

@@ -28,10 +28,12 @@ def generations(
     strengths: Sequence[float],
     prompts: Sequence[str] = PROMPTS,
     max_new_tokens: int = 40,
+    *,
+    strength_range: tuple[float, float] | None = None,
 ) -> dict[str, list[str]]:
     """Greedy continuations of ``prompts``: ``{"unsteered": [...], "λ=0.50": [...], ...}``, one text per
     prompt (the prompt itself left out), the unsteered model first, then under :func:`act_fast.steer`
-    at each strength."""
+    at each strength (each checked against ``strength_range``, as :func:`act_fast.steer` does)."""
     device = module_device(model)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues every prompt from its last real token
@@ -45,7 +47,7 @@ def generations(
         return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
     texts = {UNSTEERED: run()}
-    with af.steer(model, maps, strength=0.0) as handle:
+    with af.steer(model, maps, strength=0.0, strength_range=strength_range) as handle:
         for lam in strengths:
             handle.set_strength(float(lam))
             texts[f"λ={lam:.2f}"] = run()

@@ -39,9 +39,15 @@ def load_causal_lm(name: str, device: str | torch.device = "cpu") -> tuple[Any, 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from act_fast.hub import HubUnreachable, hub_kwargs
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name)
+        hub = hub_kwargs(name)  # fails at once when the hub is unreachable and the model is not cached
+    except HubUnreachable as e:
+        raise ModelUnavailable(f"cannot load causal LM {name!r}: {e}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **hub)
+        model = AutoModelForCausalLM.from_pretrained(name, **hub)
     except Exception as e:  # noqa: BLE001 -- hub, network and config errors all mean "cannot load"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelUnavailable(

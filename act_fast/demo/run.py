@@ -4,6 +4,7 @@ held-out source sentences move toward the target topic."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -113,6 +114,7 @@ def run_demo(
     model_name: str = "model",
     token_type_ids: bool = True,
     maps: SteeringMaps | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Fits Linear-AcT maps (incremental) from ``config.source`` to ``config.target`` sentences on
     ``model``, steers it at each strength and scores the held-out source sentences.
@@ -124,7 +126,10 @@ def run_demo(
         model_name: for the report.
         token_type_ids: pass ``token_type_ids`` to the model (BERT-like encoders).
         maps: maps fitted earlier (e.g. this demo's ``maps.safetensors``): used instead of fitting.
+        log: called with one line as each phase starts and ends (the command prints them on
+            stderr, so a log without progress bars still shows where the run is).
     """
+    say = log or (lambda line: None)
     seconds: dict[str, float] = {}
     device = next(model.parameters()).device
     fit_src, held_src = split(load_topic(config.source), config.held_out, config.seed)
@@ -139,9 +144,13 @@ def run_demo(
     start = time.perf_counter()
     if maps is None:
         sites = af.sites(model, config.sites)
+        say(f"fit: Linear-AcT on {len(sites)} sites, incremental (each site collects statistics of {n_fit} + {n_fit} "
+            f"sentences in {len(fit_src_b)} + {len(fit_tgt_b)} batches with the sites before it steered)")
         maps = af.fit(model, fit_src_b, fit_tgt_b, sites, method="linear_act", support=config.support, incremental=True, progress=config.progress)
         seconds["fit"] = time.perf_counter() - start
+        say(f"fit: done in {seconds['fit']:.1f} s")
 
+    say("probe: embedding the fit and held-out sentences unsteered, training the linear probe")
     start = time.perf_counter()
     emb_fit_src, emb_fit_tgt = embed(model, fit_src_b), embed(model, fit_tgt_b)
     probe = LinearProbe.train(emb_fit_src, emb_fit_tgt)
@@ -150,6 +159,7 @@ def run_demo(
     reference = score(embed(model, held_tgt_b), probe, c_src, c_tgt)
     seconds["probe"] = time.perf_counter() - start
 
+    say(f"steer: embedding {len(held_src)} held-out {config.source} sentences at {len(config.strengths)} strengths")
     start = time.perf_counter()
     steered: dict[float, Tensor] = {}
     with af.steer(model, maps, strength=0.0) as handle:
@@ -158,6 +168,7 @@ def run_demo(
             handle.set_strength(float(lam))
             steered[float(lam)] = embed(model, held_src_b)
     seconds["steer"] = time.perf_counter() - start
+    say(f"steer: done in {seconds['steer']:.1f} s")
     rows = [score(steered[float(lam)], probe, c_src, c_tgt) for lam in config.strengths]
     return DemoResult(
         config=config,

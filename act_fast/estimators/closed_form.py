@@ -25,6 +25,7 @@ from torch import Tensor
 from act_fast.estimators import formulas
 from act_fast.estimators.support import Support, support_levels
 from act_fast.maps import AffineMap
+from act_fast.ops.checks import check_number
 from act_fast.stats import ChannelStats
 
 # Bounds given to a channel whose fitted support is empty (lo == hi): no support there.
@@ -82,8 +83,26 @@ def estimator(method: str) -> Estimator:
 
 
 def resolve_support(method: str, support: Support | None) -> Support:
-    """``support``, or the method's default when None (see the module docstring)."""
-    return estimator(method).default_support if support is None else support
+    """``support``, or the method's default when None (see the module docstring). ``mean_diff``
+    takes none: a support other than ``q_all`` is refused rather than silently applied."""
+    how = estimator(method)
+    if method == "mean_diff" and support not in (None, "q_all"):
+        raise ValueError(
+            f"method='mean_diff' is a vector add applied to every value and takes no support (got support={support!r}); "
+            "drop the support, or use method='mean_act' (the same shift, masked) with it"
+        )
+    return how.default_support if support is None else support
+
+
+def check_std_eps(std_eps: object) -> float:
+    """``std_eps`` as a float: a finite number ≥ 0 (NaN would unmask nothing and mask nothing, a
+    negative one would keep zero-spread channels); ValueError / TypeError otherwise."""
+    try:
+        return check_number(std_eps, "std_eps", non_negative=True)
+    except TypeError:
+        raise TypeError(f"std_eps must be a finite number >= 0, got {type(std_eps).__name__}") from None
+    except ValueError:
+        raise ValueError(f"std_eps must be a finite number >= 0, got {std_eps!r}") from None
 
 
 def as_stats(x: Tensor | ChannelStats, name: str) -> ChannelStats:
@@ -147,23 +166,25 @@ def fit_map(
             moments: ``w = Cov(Q_s, Q_t) / Var(s)``, ``b = m_t − w m_s``), ``mean_act``
             (``w = 1, b = m_t − m_s``), ``gaussian_act`` (``w = σ_t / σ_s``, ``b = m_t − w m_s``),
             ``aura`` (``w = 1 − 2(AUROC − 0.5)`` where the AUROC of source vs target exceeds 0.5,
-            else 1; ``b = 0``) or ``mean_diff`` (``w = 1, b = m_t − m_s``, no mask).
+            else 1; ``b = 0``) or ``mean_diff`` (``w = 1, b = m_t − m_s``, no mask, no support).
         support: a preset (``q_all``, ``q_0_100``, …, ``q_40_60``) or ``(lo_level, hi_level)``:
             the map acts where ``Q_s(lo) < x < Q_s(hi)``. Exact samples follow ``torch.quantile``.
             None: the method's default (module docstring). A channel whose interval is empty
             (one sample, a constant channel) gets no support, with a warning.
         std_eps: Mean/Gaussian-AcT leave a channel as identity when either unbiased std is
-            ``≤ std_eps``.
+            ``≤ std_eps``; a finite number ≥ 0 (0 masks constant channels only).
 
     Returns:
         An :class:`AffineMap` with float32 ``[C]`` tensors. A source channel with zero spread
         gets ``w = 1, b = m_t − m_s`` under Linear-AcT; no estimator returns NaN or Inf.
 
     Raises:
-        ValueError: unknown method or support, channel counts that differ, a channel without any
-            finite value on either side (named).
+        ValueError: unknown method or support, a support with ``mean_diff``, ``std_eps`` NaN,
+            infinite or negative, channel counts that differ, a channel without any finite value on
+            either side (named).
     """
     how = estimator(method)
+    std_eps = check_std_eps(std_eps)
     levels = support_levels(resolve_support(method, support))
     src, tgt = as_stats(source, "source"), as_stats(target, "target")
     if src.num_channels != tgt.num_channels:

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from act_fast.estimators.closed_form import estimator, fit_map, resolve_support
+from act_fast.estimators.closed_form import check_std_eps, estimator, fit_map, resolve_support
 from act_fast.estimators.support import Support, support_levels, support_name
 from act_fast.integrations import SiteSpec, site_names
 from act_fast.maps import AffineMap, SteeringMaps, model_fingerprint
@@ -218,6 +218,7 @@ def fit(
     options = {"method": method, "support": support, "incremental": incremental, "pooling": pooling, **_legacy_options(args)}
     method, incremental, pooling = options["method"], options["incremental"], options["pooling"]
     estimator(method)
+    std_eps = check_std_eps(std_eps)
     support = resolve_support(method, options["support"])
     support_levels(support)
     if pooling not in POOLINGS:

@@ -2,19 +2,49 @@
 
 Every error names what was expected and what came, with shapes, never tensor values. Shape, dtype
 and device checks cost no device work. Value checks of map and strength tensors (finite, ``lo ≤
-hi``) need a device read, so they run once per tensor version (cached on the tensor) and never
-while torch.compile traces (they would force a host sync and a graph break).
+hi``) need a device read, so they run once per tensor version (cached on the tensor; ``lo ≤ hi``
+once per *pair* of versions, since two tensors each fine alone can form an inverted pair: cached on
+``lo`` with a weak reference to its ``hi``) and never while torch.compile traces (they would force
+a host sync and a graph break).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import torch
 from torch import Tensor
 
 from act_fast.ops.reference import Strength
+
+
+def device_problem(device: object) -> str | None:
+    """Why ``device`` cannot hold tensors here (not a device, CUDA / MPS unavailable, an index past
+    the visible GPUs), or None. The CLI's ``--device`` check and the library's say the same."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, ValueError, TypeError):
+        return "not a torch device (use cpu, cuda or cuda:N)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None and torch.version.hip is None else "no CUDA device is visible"
+            return f"CUDA is not available ({build}, torch {torch.__version__})"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"only {torch.cuda.device_count()} CUDA device(s) visible"
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        return "MPS is not available on this machine"
+    return None
+
+
+def check_device(device: object, what: str) -> None:
+    """Raises ValueError naming ``what`` (e.g. ``load_maps``) when ``device`` cannot be used here."""
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"{what}: device {str(device)!r}: {problem}; use device='cpu'")
 
 
 def check_input(x: Tensor, name: str = "x") -> None:
@@ -162,6 +192,21 @@ def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, fl
 
 
 _CHECKED_VERSION = "_act_fast_checked_version"
+_CHECKED_PAIR = "_act_fast_checked_pair"
+
+
+class _PairMark:
+    """On ``lo``: the ``hi`` it was checked with (weakly) and both versions. Pickles and copies of
+    ``lo`` get an empty mark (a weak reference cannot be pickled, and a copy is checked again)."""
+
+    __slots__ = ("hi", "versions")
+
+    def __init__(self, hi: Tensor | None = None, versions: tuple[int, int] = (-1, -1)) -> None:
+        self.hi = None if hi is None else weakref.ref(hi)
+        self.versions = versions
+
+    def __reduce__(self) -> tuple:
+        return (_PairMark, ())
 
 
 def _first_bad(bad: Tensor) -> str:
@@ -181,16 +226,15 @@ def check_values(lo: Tensor | None = None, hi: Tensor | None = None, **tensors: 
         return
     named = {**tensors, "lo": lo, "hi": hi}
     fresh = [name for name, t in named.items() if t is not None and not _checked(t)]
-    if not fresh:
+    pair = lo is not None and hi is not None and not _pair_checked(lo, hi)
+    if not fresh and not pair:
         return
     for name in fresh:
         t = named[name]
         finite = torch.isfinite(t)
         if not bool(finite.all()):
-            where = "channels" if t.ndim == 1 else "[map, channel] entries" if t.ndim == 2 else "entries"
-            what = "λ" if name == "strength" else "a map"
-            raise ValueError(f"{name} (shape {list(t.shape)}) holds NaN or Inf at {where} {_first_bad(~finite)}; {what} must be finite")
-    if lo is not None and hi is not None and ("lo" in fresh or "hi" in fresh):
+            raise ValueError(_not_finite(name, t, ~finite))
+    if pair:
         inverted = lo > hi
         if bool(inverted.any()):
             raise ValueError(
@@ -199,10 +243,35 @@ def check_values(lo: Tensor | None = None, hi: Tensor | None = None, **tensors: 
             )
     for name in fresh:
         setattr(named[name], _CHECKED_VERSION, named[name]._version)
+    if pair and not _is_fake(lo):
+        setattr(lo, _CHECKED_PAIR, _PairMark(hi, (lo._version, hi._version)))
+
+
+def _not_finite(name: str, t: Tensor, bad: Tensor) -> str:
+    """The message for NaN / ±Inf in tensor ``name`` (λ: batch rows; maps: channels or entries)."""
+    what = "λ" if name == "strength" else "a map"
+    if t.ndim == 0:
+        return f"{name} (a 0-d tensor) is NaN or Inf; {what} must be finite"
+    if name == "strength":
+        where = "batch rows"
+    else:
+        where = "channels" if t.ndim == 1 else "[map, channel] entries" if t.ndim == 2 else "entries"
+    return f"{name} (shape {list(t.shape)}) holds NaN or Inf at {where} {_first_bad(bad)}; {what} must be finite"
+
+
+def _is_fake(t: Tensor) -> bool:
+    return isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta"
+
+
+def _pair_checked(lo: Tensor, hi: Tensor) -> bool:
+    mark = getattr(lo, _CHECKED_PAIR, None)
+    if mark is not None and mark.hi is not None and mark.hi() is hi and mark.versions == (lo._version, hi._version):
+        return True
+    return _is_fake(lo) or _is_fake(hi)
 
 
 def _checked(t: Tensor) -> bool:
-    if isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta":
+    if _is_fake(t):
         return True
     return getattr(t, _CHECKED_VERSION, None) == t._version
 

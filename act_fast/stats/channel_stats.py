@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from act_fast.ops import cpu_kernels
 from act_fast.ops.backend import implementation
-from act_fast.ops.checks import is_number
+from act_fast.ops.checks import check_device, is_number
 from act_fast.ops.stats_reference import (
     HistogramParams,
     calibrate_channels_ref,
@@ -141,6 +141,7 @@ class ChannelStats:
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
         self.num_channels = num_channels
         self.params = HistogramParams(mantissa_bits, exp_min, exp_max).validate()
+        check_device(device, "ChannelStats")
         self.device = _normalize_device(device)
         self.exact = bool(exact)
         c, dev = num_channels, self.device
@@ -1004,7 +1005,23 @@ class ChannelStats:
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, Tensor], device: torch.device | str | None = None) -> "ChannelStats":
-        """A new ChannelStats holding ``state_dict`` (parameters and calibration read from it)."""
+        """A new ChannelStats holding ``state_dict`` (parameters and calibration read from it).
+
+        Raises:
+            TypeError: ``state_dict`` is not a mapping.
+            ValueError: it lacks the keys that size the object (``params``, ``count``, ``exact``), or
+                :meth:`load_state_dict` refuses it.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"ChannelStats.from_state_dict: a state dict (mapping of str to Tensor) expected, got {type(state_dict).__name__}")
+        missing = [key for key in ("params", "count", "exact") if not isinstance(state_dict.get(key), Tensor)]
+        if missing:
+            raise ValueError(f"ChannelStats.from_state_dict: not a ChannelStats state: tensors {missing} are missing (has keys {sorted(map(str, state_dict))[:12]})")
+        if state_dict["params"].numel() != 3 or state_dict["count"].dim() != 1:
+            raise ValueError(
+                f"ChannelStats.from_state_dict: params must hold 3 values and count must be [C], got shapes "
+                f"{tuple(state_dict['params'].shape)} and {tuple(state_dict['count'].shape)}"
+            )
         m, lo, hi = (int(v) for v in state_dict["params"].tolist())
         stats = cls(int(state_dict["count"].shape[0]), device, mantissa_bits=m, exp_min=lo, exp_max=hi, exact=bool(state_dict["exact"]))
         return stats.load_state_dict(state_dict)

@@ -5,8 +5,9 @@ A statistics file holds, for every site, each tensor of :meth:`ChannelStats.stat
 parameters, calibration, exact-mode samples), and in its metadata ``act_fast.stats``: a JSON
 object with the format name and version, the sites in order, their channel counts, histogram
 parameters and exact flags, the model type and config fingerprint
-(:func:`act_fast.maps.model_fingerprint`), creation time, act_fast version, and the caller's own
-``metadata`` (JSON values). No pickle. Files are written to a temporary name and renamed
+(:func:`act_fast.maps.model_fingerprint`), creation time, act_fast version, the SHA-256 of the
+tensor payload (:func:`act_fast.fileio.payload_digest`, checked on load; files without one still
+load), and the caller's own ``metadata`` (JSON values). No pickle. Files are written to a temporary name and renamed
 (:func:`act_fast.fileio.atomic_write`), so a reader never sees half a file.
 """
 
@@ -23,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from act_fast._version import __version__
-from act_fast.fileio import atomic_write, read_safetensors
+from act_fast.fileio import DIGEST_KEY, atomic_write, check_payload_digest, payload_digest, read_safetensors
 from act_fast.maps import FORMAT_NAME as MAPS_FORMAT_NAME
 from act_fast.maps import model_fingerprint
+from act_fast.ops.checks import check_device
 from act_fast.stats.channel_stats import ChannelStats
 
 FORMAT_NAME = "act_fast.stats"
@@ -88,6 +90,7 @@ def save_stats(
         "model_fingerprint": fingerprint,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
+        DIGEST_KEY: payload_digest(tensors),
         "metadata": extra,
     }
     try:
@@ -140,10 +143,13 @@ def load_stats(path: str | os.PathLike, device: torch.device | str | None = None
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: ``device`` is not usable here (e.g. CUDA with a CPU-only torch), before reading.
         StatsFileError: a folder, a truncated or corrupt file, not a statistics file (a map file
             says so), a newer format version, tensors missing or left over, or a state that
-            :meth:`ChannelStats.load_state_dict` refuses; the message names the file and site.
+            :meth:`ChannelStats.load_state_dict` refuses, tensor data that does not match the
+            file's digest (changed after it was written); the message names the file and site.
     """
+    check_device(device, "load_stats")
     path = Path(path)
     header, tensors = _open(path, tensors=True)
     by_site: dict[str, dict[str, Tensor]] = {site: {} for site in header["sites"]}
@@ -174,4 +180,5 @@ def load_stats(path: str | os.PathLike, device: torch.device | str | None = None
                 f"{header['params'].get(site)} (exact={header['exact'].get(site)})"
             )
         out[site] = s
+    check_payload_digest(path, header.get(DIGEST_KEY), tensors, StatsFileError)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from act_fast.modeling import module_device
-from act_fast.steering.control import StrengthControl
+from act_fast.steering.control import StrengthControl, check_strength_range
 from act_fast.steering.fold import FoldedSite
 from act_fast.steering.fused import FusedSite
 from act_fast.steering.handle import STEERED, SteeringHandle
@@ -24,6 +24,7 @@ def steer(
     mode: str = "auto",
     *,
     pool_spatial: bool = True,
+    strength_range: tuple[float, float] | None = None,
 ) -> SteeringHandle:
     """Applies steering maps inside ``model`` until the returned handle is removed.
 
@@ -42,6 +43,12 @@ def steer(
             spatial mean and shift the plane (the AcT diffusion setting, as in :func:`act_fast.fit`,
             which pools conv outputs); False: per-position map. Keyword-only: the transport op's
             own default is per-position.
+        strength_range: ``(lo, hi)``: every λ this handle is given (here, by
+            :meth:`SteeringHandle.set_strength` or a step callback; each value of a ``[B]`` λ) must
+            lie in ``[lo, hi]``, else ValueError naming the range. Default None: any finite λ. A
+            Hugging Face user owns the process, so an extreme λ only reaches their own outputs;
+            pass a range where λ comes from someone else (a request, a config file). The vLLM
+            plugin, where one request's λ must not reach another's, sets its own engine range.
 
     Returns:
         A :class:`SteeringHandle` (also a context manager that removes itself on exit).
@@ -51,9 +58,11 @@ def steer(
 
     Raises:
         ValueError: unknown mode, maps for another model or sites/channels that do not fit
-            (all mismatches listed), a site already steered, or sites that cannot take ``mode``.
+            (all mismatches listed), a site already steered, sites that cannot take ``mode``, or
+            a strength outside ``strength_range``.
     """
     per_row = isinstance(strength, Tensor) and strength.ndim == 1
+    check_strength_range(strength_range)
     plans = plan(model, maps, mode, per_row, pool_spatial=pool_spatial)
     busy = [p.site for p in plans if p.context.module in STEERED]
     if busy:
@@ -63,7 +72,7 @@ def steer(
         raise ValueError(f"mode={mode!r} does not fit {len(refused)} site(s):\n  " + "\n  ".join(refused))
     sets, multi = as_map_sets(maps)
     devices = {p.site: module_device(p.context.module, model) for p in plans}
-    control = StrengthControl(devices.values(), multi)
+    control = StrengthControl(devices.values(), multi, strength_range)
     sites: list[SteeredSite] = []
     try:
         for p in plans:

@@ -2,7 +2,8 @@
 
 One copy per device that has steered sites (``device_map`` placements). Writing a new value is an
 in-place copy when the shape allows it, so a ``torch.compile``-d model never recompiles and the
-host never waits; values are validated when they are set, never per forward.
+host never waits; values are validated when they are set (finite, and inside the handle's
+``strength_range`` when it has one), never per forward.
 """
 
 from __future__ import annotations
@@ -16,20 +17,56 @@ from torch import Tensor
 from act_fast.ops.checks import is_number
 
 
-def _finite_strength(strength: float | Tensor) -> float | Tensor:
-    """``strength`` as a float or a float32 tensor (0-d or ``[B]``), refusing NaN / ±Inf (a tensor on
-    an accelerator is read once, here, when λ is set)."""
+StrengthRange = tuple[float, float]
+
+
+def check_strength_range(strength_range: object) -> StrengthRange | None:
+    """``strength_range`` as ``(lo, hi)`` floats: None (any finite λ) or two finite numbers with
+    ``lo ≤ hi``; ValueError / TypeError otherwise."""
+    if strength_range is None:
+        return None
+    if isinstance(strength_range, (str, bytes, Tensor)) or not hasattr(strength_range, "__len__") or len(strength_range) != 2:  # type: ignore[arg-type]
+        raise TypeError(f"strength_range must be None or a pair (lo, hi) of finite numbers, got {strength_range!r}")
+    lo, hi = strength_range  # type: ignore[misc]
+    if not (is_number(lo) and is_number(hi)) or not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        raise ValueError(f"strength_range must be a pair (lo, hi) of finite numbers, got {strength_range!r}")
+    if float(lo) > float(hi):
+        raise ValueError(f"strength_range {strength_range!r} has lo > hi; give (lo, hi) with lo <= hi")
+    return float(lo), float(hi)
+
+
+def _rows(bad: Tensor) -> str:
+    return f" at batch rows {bad.nonzero().flatten()[:8].tolist()}" if bad.ndim else ""
+
+
+def _valid_strength(strength: float | Tensor, strength_range: StrengthRange | None = None) -> float | Tensor:
+    """``strength`` as a float or a float32 tensor (0-d or ``[B]``), refusing NaN / ±Inf and, with
+    ``strength_range = (lo, hi)``, values outside ``[lo, hi]`` (a tensor on an accelerator is read
+    once, here, when λ is set)."""
     if isinstance(strength, Tensor):
         if not strength.is_floating_point() or strength.ndim > 1:
             raise ValueError(f"strength tensor must be floating, 0-d or [B], got {strength.dtype} {list(strength.shape)}")
         value = strength.detach().to(torch.float32)
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
-            raise ValueError(f"strength (shape {list(value.shape)}) holds NaN or Inf at rows {bad.nonzero().flatten()[:8].tolist()}; λ must be finite")
+            raise ValueError(f"strength (shape {list(value.shape)}) holds NaN or Inf{_rows(bad)}; λ must be finite")
+        if strength_range is not None:
+            outside = (value < strength_range[0]) | (value > strength_range[1])
+            if bool(outside.any()):
+                raise ValueError(
+                    f"strength (shape {list(value.shape)}) is outside the allowed range [{strength_range[0]:g}, "
+                    f"{strength_range[1]:g}]{_rows(outside)} (the strength_range given to steer())"
+                )
         return value
     if not is_number(strength) or not math.isfinite(float(strength)):  # type: ignore[arg-type]
         raise ValueError(f"strength must be a finite number or a float tensor, got {strength!r}")
-    return float(strength)  # type: ignore[arg-type]
+    value = float(strength)  # type: ignore[arg-type]
+    if strength_range is not None and not strength_range[0] <= value <= strength_range[1]:
+        raise ValueError(
+            f"strength {value:g} is outside the allowed range [{strength_range[0]:g}, {strength_range[1]:g}] "
+            "(the strength_range given to steer())"
+        )
+    return value
 
 
 def _write(buf: Tensor, value: float | Tensor, device: torch.device) -> Tensor:
@@ -46,9 +83,11 @@ def _write(buf: Tensor, value: float | Tensor, device: torch.device) -> Tensor:
 
 class StrengthControl:
     """λ (float32, 0-d or ``[B]``) and, with several map sets, the map slot of each row (int32,
-    0-d or ``[B]``; slot 0 is the identity), per device."""
+    0-d or ``[B]``; slot 0 is the identity), per device. ``strength_range``: the λ it accepts
+    (None: any finite λ)."""
 
-    def __init__(self, devices: Iterable[torch.device], multi: bool) -> None:
+    def __init__(self, devices: Iterable[torch.device], multi: bool, strength_range: StrengthRange | None = None) -> None:
+        self.strength_range = check_strength_range(strength_range)
         devices = list(dict.fromkeys(devices))
         self.strength: dict[torch.device, Tensor] = {d: torch.zeros((), dtype=torch.float32, device=d) for d in devices}
         self.index: dict[torch.device, Tensor] | None = (
@@ -61,7 +100,7 @@ class StrengthControl:
 
     def set_strength(self, strength: float | Tensor) -> float | Tensor:
         """Validates λ and writes it on every device; returns the validated value."""
-        value = _finite_strength(strength)
+        value = _valid_strength(strength, self.strength_range)
         for device, buf in list(self.strength.items()):
             self.strength[device] = _write(buf, value, device)
         return value

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from act_fast.steering.control import StrengthControl
+from act_fast.steering.fold import changed_message
 from act_fast.steering.plan import SitePlan
 from act_fast.steering.site import SteeredSite
 
@@ -44,6 +45,11 @@ class SteeringHandle:
     # -- strength ---------------------------------------------------------------------------
 
     @property
+    def strength_range(self) -> tuple[float, float] | None:
+        """The ``(lo, hi)`` every λ must lie in (``steer(..., strength_range=...)``), or None."""
+        return self._control.strength_range
+
+    @property
     def strength(self) -> Tensor:
         """The current λ (a copy of the device tensor: 0-d, or ``[B]`` per batch row)."""
         return next(iter(self._control.strength.values())).clone()
@@ -51,11 +57,13 @@ class SteeringHandle:
     def set_strength(self, strength: float | Tensor) -> None:
         """Sets λ: a finite number or 0-d tensor for every row, or ``[B]`` (one λ per batch row).
 
-        Values are checked (finite; a tensor on an accelerator is read once, here) and copied into
-        the handle's device tensors (no recompile). Folded sites are refolded from their original
-        parameters on the device. A ``[B]`` λ needs every site in ``fused`` or ``op`` mode.
+        Values are checked (finite, inside the handle's :attr:`strength_range` when it has one; a
+        tensor on an accelerator is read once, here) and copied into the handle's device tensors
+        (no recompile); a refused value changes nothing. Folded sites are refolded from their
+        original parameters on the device. A ``[B]`` λ needs every site in ``fused`` or ``op`` mode.
         """
         self._alive()
+        self._refuse_changes("set the strength", by_value=False)
         if isinstance(strength, Tensor) and strength.ndim == 1:
             folded = [s.site for s in self._sites if s.mode == "fold"]
             if folded:
@@ -116,11 +124,26 @@ class SteeringHandle:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def remove(self) -> None:
-        """Restores the model exactly: removes hooks and fused forwards, copies folded originals back."""
+    def remove(self, changed: str = "raise") -> None:
+        """Restores the model exactly: removes hooks and fused forwards, copies folded originals back
+        (the values of the last ``load_state_dict`` into a folded module, else those at ``steer()``).
+
+        Args:
+            changed: for folded parameters written by anything other than ``load_state_dict`` while
+                steered (an optimizer step, ``copy_``; their unsteered value is unknown): ``"raise"``
+                refuses with the parameters named and changes nothing, ``"restore"`` copies the
+                values from ``steer()`` back (the change is lost), ``"keep"`` leaves their current
+                values (the folded map stays in them).
+        """
+        if changed not in ("raise", "restore", "keep"):
+            raise ValueError(f"changed must be 'raise', 'restore' or 'keep', got {changed!r}")
         if self._removed:
             return
+        if changed == "raise":
+            self._refuse_changes("remove the steering")
         for site in self._sites:
+            if changed == "keep":
+                site.keep_changes()
             site.remove()
             STEERED.pop(site.module, None)
         self._removed = True
@@ -136,6 +159,11 @@ class SteeringHandle:
         state = "removed" if self._removed else ", ".join(f"{n} {m}" for m, n in counts.items() if n)
         sets = f", map sets {list(self.map_sets)}" if self.map_sets else ""
         return f"SteeringHandle({len(self._sites)} sites: {state}{sets})"
+
+    def _refuse_changes(self, action: str, by_value: bool = True) -> None:
+        changed = [name for site in self._sites for name in site.changes(by_value)]
+        if changed:
+            raise RuntimeError(f"cannot {action}: {changed_message(changed)}")
 
     def _alive(self) -> None:
         if self._removed:

@@ -23,7 +23,14 @@ from act_fast.steering.control import StrengthControl
 from act_fast.steering.mapsets import MapBank
 
 # The hook dicts of nn.Module keyed by hook id (the handles' ids we must drop from copies).
-_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_state_dict_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
 
 
 @dataclass
@@ -82,6 +89,13 @@ class SteeredSite:
 
     def refold(self) -> None:
         """Brings folded parameters in line with λ (only the fold mode folds)."""
+
+    def changes(self, by_value: bool = True) -> list[str]:
+        """Parameters this site wrote that something else wrote since (only the fold mode writes)."""
+        return []
+
+    def keep_changes(self) -> None:
+        """Makes :meth:`remove` leave the parameters others wrote as they are (fold mode)."""
 
     def remove(self) -> None:
         for handle in self.hooks:

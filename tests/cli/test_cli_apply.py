@@ -30,7 +30,7 @@ def test_generate_unsteered_and_each_strength_side_by_side(act, tiny_model, maps
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rc, stdout, stderr = act("generate", "--model", tiny_model, "--maps", maps_file, "--strength", "0,1", "--prompt", PROMPTS[0],
-                             "--prompt", PROMPTS[1], "--max-new-tokens", 6)
+                             "--prompt", PROMPTS[1], "--max-new-tokens", 6, "--strength-range", "0,1")
     assert rc == 0, stderr
     lines = stdout.splitlines()
     blocks = {label: [line.split(" | ", 1)[1] for line in lines if line.strip().startswith(label + " |")] for label in ("unsteered", "λ=0.00", "λ=1.00")}

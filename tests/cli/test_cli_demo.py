@@ -20,6 +20,10 @@ def test_demo_reuses_fitted_maps(act, tiny_model, tmp_path, monkeypatch):
     rc, first, err = act(*base, "--out", tmp_path / "first")
     assert rc == 0, err
     assert "fit " in first.splitlines()[-1]  # the phases of the first run include the fit
+    # Each phase says when it starts and ends on stderr, progress bars or not (a log shows where the run is).
+    phases = [line for line in err.splitlines() if line.startswith("act-fast demo: ")]
+    assert [p.split(":")[1].strip() for p in phases] == ["loading tiny on cpu", "fit", "fit", "probe", "steer", "steer"], phases
+    assert phases[1].startswith("act-fast demo: fit: Linear-AcT on 2 sites") and "done in" in phases[2] and "done in" in phases[5]
 
     def refit(*args, **kwargs):
         raise AssertionError("the demo fitted again although --maps was given")

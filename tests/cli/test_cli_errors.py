@@ -76,7 +76,6 @@ def test_missing_model_folder_and_not_a_model_folder(act, tmp_path):
         (("--sites", "everything"), "--sites 'everything': unknown site preset"),
         (("--sites", "model.layers.0.mlp"), "the demo takes a site preset name"),
         (("--maps", "nothing.safetensors"), "no map file at nothing.safetensors"),
-        (("--held-out", "1.5"), "held_out must be a fraction in (0, 1)"),
     ],
 )
 def test_demo_checks_arguments_before_loading(act, no_model_loads, tmp_path, monkeypatch, args, message):
@@ -121,3 +120,46 @@ def test_a_preset_the_models_family_lacks_is_refused_before_the_weights_load(act
     assert rc == 2 and "--sites 'post_layernorm': no site presets for model type 'opt'; use a generic preset" in one_error_line(err, "collect")
     rc, _, err = act("fit", "--model", folder, "--source", COOKING, "--target", COOKING, "--sites", "generic:nothing", "--out", tmp_path / "m.safetensors")
     assert rc == 2 and "unknown site preset" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("generate", "--model", "m", "--maps", "m.safetensors", "--strength", "0.5,,1"), "--strength: expected comma-separated numbers with no empty item, got '0.5,,1'"),
+        (("generate", "--model", "m", "--maps", "m.safetensors", "--strength", "1,"), "no empty item"),
+        (("bench", "--model", "m", "--maps", "m.safetensors", "--modes", "fold,,op"), "--modes: expected a comma-separated list with no empty item"),
+        (("demo", "--held-out", "0"), "--held-out: expected a fraction in (0, 1), got 0"),
+        (("demo", "--held-out", "1.5"), "--held-out: expected a fraction in (0, 1), got 1.5"),
+        (("generate", "--model", "m"), "the following arguments are required: --maps"),
+        (("collect", "--model", "m", "--data", "d.txt", "--out", "o.safetensors", "--batch-size", "x"), "--batch-size: expected a positive integer, got 'x'"),
+        (("no-such-command",), "invalid choice: 'no-such-command'"),
+        (("generate", "--model", "m", "--maps", "m.safetensors", "--strength-range", "1"), "--strength-range: expected two numbers LO,HI"),
+        (("generate", "--model", "m", "--maps", "m.safetensors", "--strength-range", "2,1"), "--strength-range: expected LO <= HI, got '2,1'"),
+    ],
+)
+def test_argument_errors_are_one_line(act, capsys, argv, message):
+    """The README's promise: a user error is one line, argparse's own errors included (no usage block)."""
+    with pytest.raises(SystemExit) as info:
+        act(*argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("act-fast") and message in lines[0], lines[0]
+
+
+def test_generate_refuses_strengths_outside_the_range_before_loading(act, no_model_loads, tmp_path):
+    from act_fast.maps import AffineMap, SteeringMaps
+
+    maps = SteeringMaps({"a": AffineMap(torch.ones(2), torch.zeros(2))}).save(tmp_path / "m.safetensors")
+    rc, _, err = act("generate", "--model", "some/model", "--maps", maps, "--prompt", "x", "--strength", "0.5,3", "--strength-range=-1,2")
+    assert rc == 2 and "--strength 3 is outside --strength-range [-1, 2]" in one_error_line(err, "generate")
+
+
+def test_inspect_plot_with_a_format_matplotlib_cannot_write_prints_nothing_else(act, tmp_path):
+    pytest.importorskip("matplotlib")
+    from act_fast.maps import AffineMap, SteeringMaps
+
+    maps = SteeringMaps({"a": AffineMap(torch.ones(2), torch.zeros(2))}).save(tmp_path / "m.safetensors")
+    rc, out, err = act("inspect", maps, "--plot", tmp_path / "plot.txt")
+    assert rc == 2 and out == "" and not (tmp_path / "plot.txt").exists()
+    assert "--plot" in one_error_line(err, "inspect") and "'.txt'" in err and ".png" in err

@@ -71,7 +71,7 @@ def test_datasets_files_and_saved_folders(tmp_path):
     csv = tmp_path / "p.csv"
     csv.write_text("id,body\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
     assert list(read_prompts(csv, field="body")) == texts
-    with pytest.raises(PromptSourceError, match=r"p.csv row 0: no field 'text'; fields: \['body', 'id'\] \(choose one with --field\)"):
+    with pytest.raises(PromptSourceError, match=r"p.csv row 1 \(counted from 1 after the header\): no field 'text'; fields: \['body', 'id'\] \(choose one with --field\)"):
         list(read_prompts(csv))
     folder = tmp_path / "saved"
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:8]}),

@@ -89,10 +89,12 @@ def test_save_is_atomic_cleans_stale_temporaries_and_honours_the_umask(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
     old = os.umask(0o027)
     try:
-        af.save_stats(make_stats(), path)
+        fresh = af.save_stats(make_stats(), tmp_path / "fresh.safetensors")  # a new file follows the umask
+        af.save_stats(make_stats(), path)  # an existing one keeps its mode
     finally:
         os.umask(old)
-    assert path.stat().st_mode & 0o777 == 0o640
+    assert fresh.stat().st_mode & 0o777 == 0o640
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def _rewrite_header(path, edit) -> None:
@@ -168,3 +170,46 @@ def test_invalid_files_are_refused(tmp_path, edit, message):
     with pytest.raises(StatsFileError, match=message) as info:
         af.load_stats(path)
     assert str(path) in str(info.value)
+
+
+def test_byte_flips_in_the_tensor_data_are_refused(tmp_path):
+    """Every tensor of the state is covered: flipping the lowest or the highest byte of any element
+    sampled from each tensor is refused, naming the file."""
+    path = af.save_stats(make_stats(), tmp_path / "s.safetensors")
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    size = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "BOOL": 1, "U8": 1}
+    flips = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        width = size[info["dtype"]]
+        for element in sorted({0, (end - begin) // width // 2, (end - begin) // width - 1}):
+            at = 8 + n + begin + element * width
+            flips += [(key, at, 0x01), (key, at + width - 1, 0x40)]  # lowest and highest byte
+    accepted = []
+    for key, i, bit in flips:
+        flipped = bytearray(raw)
+        flipped[i] ^= bit
+        path.write_bytes(bytes(flipped))
+        try:
+            af.load_stats(path)
+            accepted.append((key, i))
+        except StatsFileError as err:
+            assert str(path) in str(err)
+    assert not accepted, f"{len(accepted)} of {len(flips)} flipped bytes loaded: {accepted[:8]}"
+
+
+def test_files_without_a_digest_still_load(tmp_path):
+    path = af.save_stats(make_stats(), tmp_path / "s.safetensors")
+
+    def drop_digest(h):
+        meta = json.loads(h["__metadata__"][FORMAT_NAME])
+        meta.pop("payload_sha256", None)
+        h["__metadata__"][FORMAT_NAME] = json.dumps(meta)
+
+    _rewrite_header(path, drop_digest)
+    loaded = af.load_stats(path)
+    assert torch.equal(loaded["model.layers.1.mlp"].samples, make_stats()["model.layers.1.mlp"].samples)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+import act_fast as af
 from act_fast import ChannelStats
-from act_fast.estimators import fit_map, support_levels
+from act_fast.estimators import fit_map, formulas, support_levels
+from tiny_models import tiny_llama
 
 
 def test_linear_act_is_the_sorted_pair_regression():
@@ -58,9 +60,12 @@ def test_mean_and_gaussian_act_with_std_mask():
     gauss = fit_map(s, t, method="gaussian_act")
     assert gauss.weight[0].item() == pytest.approx(3.0) and gauss.bias[0].item() == pytest.approx(7.0 - 3.0 * 2.0)
     assert gauss.weight[1:].tolist() == [1.0, 1.0] and gauss.bias[1:].tolist() == [0.0, 0.0]
-    loose = fit_map(s, t, method="gaussian_act", std_eps=-1.0)  # mask off
-    assert loose.weight[1].item() == 1.0 and loose.bias[1].item() == pytest.approx(2.0 - 7.0)  # σ_s = 0: shift only
-    assert loose.weight[2].item() == 0.0 and loose.bias[2].item() == pytest.approx(5.0)  # σ_t = 0: collapse
+    # The formula without the mask (std_eps must be ≥ 0, so call it directly): never NaN.
+    m_s, m_t = s.double().mean(0), t.double().mean(0)
+    std_s, std_t = s.double().std(0), t.double().std(0)
+    w, b = formulas.gaussian_act(m_s, std_s, m_t, std_t, torch.ones(3, dtype=torch.bool), formulas.has_spread(s.double().var(0), m_s))
+    assert w[1].item() == 1.0 and b[1].item() == pytest.approx(2.0 - 7.0)  # σ_s = 0: shift only
+    assert w[2].item() == 0.0 and b[2].item() == pytest.approx(5.0)  # σ_t = 0: collapse
 
 
 def test_mean_diff_has_no_mask():
@@ -84,8 +89,11 @@ def test_degenerate_channels_never_give_nan(method):
     s = torch.tensor([[0.0, 2.0, 1e4, 1.0]] * 3)
     t = torch.tensor([[0.0, 2.0, 1e4, 1.0], [0.0, 2.0, 1e4, 5.0], [0.0, 2.0, 1e4, 9.0]])
     for src, tgt in ((s, t), (s[:1], t[:1])):
-        with pytest.warns(UserWarning, match="4 of 4 channels have an empty support interval"):  # constant source channels
-            m = fit_map(src, tgt, method=method, support="q_5_95")
+        if method == "mean_diff":  # takes no support
+            m = fit_map(src, tgt, method=method)
+        else:
+            with pytest.warns(UserWarning, match="4 of 4 channels have an empty support interval"):  # constant source channels
+                m = fit_map(src, tgt, method=method, support="q_5_95")
         for v in m.tensors().values():
             assert torch.isfinite(v).all()
 
@@ -139,3 +147,34 @@ def test_bad_input():
         fit_map(torch.randn(0, 3), t)
     with pytest.raises(TypeError, match="source must be floating-point"):
         fit_map(torch.ones(4, 3, dtype=torch.int64), t)
+
+
+@pytest.mark.parametrize("std_eps", [float("nan"), -1e-4, float("inf"), "1e-4", None])
+def test_std_eps_must_be_a_finite_non_negative_number(std_eps):
+    s, t = torch.randn(20, 3), torch.randn(20, 3) + 1
+    for method in ("mean_act", "gaussian_act", "linear_act"):
+        with pytest.raises((ValueError, TypeError), match="std_eps"):
+            fit_map(s, t, method=method, std_eps=std_eps)
+    model = tiny_llama()
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.int64)}
+    with pytest.raises((ValueError, TypeError), match="std_eps"):
+        af.fit(model, [batch], [batch], ["model.layers.0.input_layernorm"], method="gaussian_act", std_eps=std_eps)
+
+
+def test_std_eps_zero_masks_only_constant_channels():
+    s = torch.tensor([[1.0, 7.0, 0.0], [3.0, 7.0, 2.0]])
+    t = torch.tensor([[4.0, 1.0, 5.0], [10.0, 3.0, 5.0]])
+    m = fit_map(s, t, method="gaussian_act", std_eps=0.0)
+    assert m.weight.tolist() == pytest.approx([3.0, 1.0, 1.0]) and m.bias[1:].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("support", ["q_0_100", "q_5_95", (0.1, 0.9)])
+def test_mean_diff_takes_no_support(support):
+    s, t = torch.randn(20, 3), torch.randn(20, 3) + 1
+    with pytest.raises(ValueError, match="mean_diff.*no support"):
+        fit_map(s, t, method="mean_diff", support=support)
+    model = tiny_llama()
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.int64)}
+    with pytest.raises(ValueError, match="mean_diff.*no support"):
+        af.fit(model, [batch], [batch], ["model.layers.0.input_layernorm"], method="mean_diff", support=support)
+    assert fit_map(s, t, method="mean_diff", support="q_all").lo is None  # "no support" said explicitly is fine

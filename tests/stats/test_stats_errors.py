@@ -161,3 +161,20 @@ def test_quantile_levels_of_the_wrong_type_say_so(stats):
         stats.quantile([0.5, "0.9"])
     np = pytest.importorskip("numpy")
     assert torch.equal(stats.quantile(np.float32(0.5)), stats.quantile(0.5))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"ChannelStats: device 'cuda': CUDA is not available"):
+        af.ChannelStats(4, device="cuda")
+
+
+@pytest.mark.parametrize("state", [{}, {"count": torch.zeros(3)}, {"params": torch.tensor([5, -16]), "count": torch.zeros(3), "exact": torch.tensor(False)}])
+def test_from_state_dict_of_no_state_names_what_is_missing(state):
+    with pytest.raises(ValueError, match="ChannelStats.from_state_dict"):
+        af.ChannelStats.from_state_dict(state)
+
+
+def test_from_state_dict_of_a_non_mapping_is_a_type_error():
+    with pytest.raises(TypeError, match="mapping"):
+        af.ChannelStats.from_state_dict([1, 2])  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 
 | case | act_fast | peer | target |
 | --- | --- | --- | --- |
-| ``transport_out`` | ``affine_transport(x, w, b, 0.8, lo, hi, out=o)`` | ``o.copy_(x)`` | ≤ 1.5× (fp32), ≤ 2.5× (bf16) |
+| ``transport_out`` | ``affine_transport(x, w, b, 0.8, lo, hi, out=o)`` | ``o.copy_(x)`` | ≤ 1.5× (fp32), ≤ 2.5× (bf16, fp16; AVX512 and AVX2) |
 | ``transport_new`` | ``affine_transport(x, w, b, 0.8, lo, hi)`` (a new output) | ``x.clone()`` | ≤ 1.6× (fp32), ≤ 2.6× (bf16) |
 | ``rms_norm_transport`` | ``rms_norm_transport(x, nw, w, b, 0.8, lo, hi, cast_before_scale=True)`` | ``F.rms_norm(x, (C,), nw)`` | ≤ 1.15× |
 | ``layer_norm_transport`` | ``layer_norm_transport(x, nw, nb, w, b, 0.8, lo, hi)`` | ``F.layer_norm(x, (C,), nw, nb)`` | none (for information) |
@@ -48,6 +48,7 @@ ROUNDS = 15
 CASES = {
     "transport_out-fp32": ("transport_out", torch.float32, "copy", 1.5, 4096),
     "transport_out-bf16": ("transport_out", torch.bfloat16, "copy", 2.5, 4096),
+    "transport_out-fp16": ("transport_out", torch.float16, "copy", 2.5, 4096),
     "transport_new-fp32": ("transport_new", torch.float32, "clone", 1.6, 4096),
     "transport_new-bf16": ("transport_new", torch.bfloat16, "clone", 2.6, 4096),
     "rms_norm_transport-fp32": ("rms_norm_transport", torch.float32, "F.rms_norm", 1.15, 4096),

@@ -45,7 +45,7 @@ class Timing:
     max_ms: float
     repeats: int
     inner: int
-    method: str  # "cuda_events" | "cuda_graph" | "perf_counter"
+    method: str  # "cuda_events" | "cuda_graph" | "perf_counter" | "thread_time"
     times_ms: list[float] = field(default_factory=list)
 
     @property
@@ -128,10 +128,12 @@ def interleaved_rounds(names: Sequence[str], rounds: int,
 
 
 def interleave(fns: Mapping[str, Callable[[], object]], rounds: int, *, warmup: int = 1, inner: int = 1,
-               device: str = "cpu") -> dict[str, Timing]:
+               device: str = "cpu", thread_time: bool = False) -> dict[str, Timing]:
     """Per-call times of each function, interleaved in rounds (:func:`interleaved_rounds`): each
-    is called ``warmup`` times untimed before all rounds, then ``inner`` times per round."""
-    timer = Timer(device, warmup=0, repeats=1)
+    is called ``warmup`` times untimed before all rounds, then ``inner`` times per round.
+    ``thread_time`` (CPU only): this thread's CPU time instead of wall-clock time (on a shared
+    machine it leaves out the time the thread waits while other processes run)."""
+    timer = Timer(device, warmup=0, repeats=1, thread_time=thread_time)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -147,8 +149,7 @@ def interleave(fns: Mapping[str, Callable[[], object]], rounds: int, *, warmup: 
         return {"ms": timer._elapsed_ms(body) / inner}
 
     samples = interleaved_rounds(list(fns), rounds, run)
-    method = "cuda_events" if timer.device == "cuda" else "perf_counter"
-    return {name: timing_of(s["ms"], method, inner) for name, s in samples.items()}
+    return {name: timing_of(s["ms"], timer._method(), inner) for name, s in samples.items()}
 
 
 def synchronize(device: str) -> None:
@@ -157,8 +158,13 @@ def synchronize(device: str) -> None:
 
 
 class Timer:
-    def __init__(self, device: str, warmup: int = 3, repeats: int = 20, min_run_ms: float = 2.0, max_inner: int = 200):
+    def __init__(self, device: str, warmup: int = 3, repeats: int = 20, min_run_ms: float = 2.0, max_inner: int = 200,
+                 thread_time: bool = False):
+        """``thread_time`` (off CUDA): this thread's CPU time instead of wall-clock time (on a shared
+        machine it leaves out the time the thread waits while other processes run; with one
+        intra-op thread it is all of the work)."""
         self.device = torch.device(device).type  # "cuda:1" times like "cuda" (events on the current device)
+        self.thread_time = thread_time and self.device != "cuda"
         self.warmup = max(0, warmup)
         self.repeats = max(1, repeats)
         self.min_run_ms = min_run_ms
@@ -173,9 +179,13 @@ class Timer:
             end.record()
             end.synchronize()
             return start.elapsed_time(end)
-        t0 = time.perf_counter()
+        clock = time.thread_time if self.thread_time else time.perf_counter
+        t0 = clock()
         body()
-        return (time.perf_counter() - t0) * 1e3
+        return (clock() - t0) * 1e3
+
+    def _method(self) -> str:
+        return "cuda_events" if self.device == "cuda" else ("thread_time" if self.thread_time else "perf_counter")
 
     def _pick_inner(self, fn: Callable[[], object], inner: int | None) -> int:
         if inner is not None:
@@ -213,7 +223,7 @@ class Timer:
                 between()
                 synchronize(self.device)
             times.append(self._elapsed_ms(body))
-        return self._summary(times, n_inner, "cuda_events" if self.device == "cuda" else "perf_counter")
+        return self._summary(times, n_inner, self._method())
 
     def graph(self, fn: Callable[[], object], *, inner: int | None = None) -> Timing | None:
         """Device time of ``fn()`` replayed from a CUDA graph; None off CUDA or if capture fails."""

@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
+import os
 import statistics
 import subprocess
 import sys
@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 import act_fast as af
-from act_fast.bench.timing import Timer, compare, interleaved_rounds, spread
+from act_fast.bench.timing import Timer, compare, cpu_name, interleaved_rounds, spread
 
 SIZES = {1024: 2816, 2048: 5632}  # hidden: intermediate (TinyLlama's ratio at 2048)
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             commit = "unknown"
         payload = {"what": "added time per decoded token of steering, per model size (issue 25 item 4)",
                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
-                   "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, CPU capability "
+                   "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), torch {torch.__version__}, CPU capability "
                               f"{torch.backends.cpu.get_cpu_capability()}, {args.threads} intra-op thread(s)",
                    "kernels": af.ops.cpu_kernels.status() if hasattr(af.ops, "cpu_kernels") else "n/a",
                    "note": args.note, "peers": available,

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 import act_fast as af
-from act_fast.bench.timing import compare, interleave
+from act_fast.bench.timing import compare, cpu_name, interleave
 
 SHAPES = {"decode-1x1024": (1, 1, 1024), "decode-8x4096": (8, 1, 4096), "prefill-4x128x1024": (4, 128, 1024)}
 
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         payload = {"what": "added time of one steered site on a module that only runs an RMSNorm (issue 25 item 1)",
                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                   "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, CPU capability "
+                   "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), torch {torch.__version__}, CPU capability "
                               f"{torch.backends.cpu.get_cpu_capability()}, 1 intra-op thread",
                    "kernels": af.ops.cpu_kernels.status(), "dtype": args.dtype, "rounds": args.rounds, "clock": args.clock, "note": args.note,
                    "results": results}

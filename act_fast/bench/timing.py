@@ -253,5 +253,19 @@ class Timer:
         return self._summary(times, n_inner, "cuda_graph")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def gbps(bytes_moved: int, ms: float) -> float:
     return bytes_moved / (ms * 1e-3) / 1e9 if ms > 0 else float("nan")

@@ -77,11 +77,20 @@ def module_device(module: nn.Module, fallback: nn.Module | None = None) -> torch
     return torch.device("cpu")
 
 
-def output_channel_dim(module: nn.Module, output: Tensor) -> int:
-    """Where the channels of a site's output are: 1 for conv features (``[B, C, *spatial]``: 4-D and
-    wider outputs, and GroupNorm outputs of any rank), else the last dim (non-negative)."""
+def grouped_output(module: nn.Module) -> bool:
+    """Whether ``module`` is a GroupNorm (torch's or a registered group norm): its 3-D outputs
+    have their channels in dim 1. Depends on the module's type only (callers may keep it)."""
     spec = norm_spec(module)
-    if output.ndim >= 4 or (output.ndim >= 3 and (isinstance(module, nn.GroupNorm) or (spec is not None and spec.kind == "group"))):
+    return isinstance(module, nn.GroupNorm) or (spec is not None and spec.kind == "group")
+
+
+def output_channel_dim(module: nn.Module, output: Tensor, grouped: bool | None = None) -> int:
+    """Where the channels of a site's output are: 1 for conv features (``[B, C, *spatial]``: 4-D and
+    wider outputs, and GroupNorm outputs of any rank), else the last dim (non-negative).
+    ``grouped``: :func:`grouped_output` of ``module`` when the caller kept it (per-call hot paths)."""
+    if output.ndim >= 4:
+        return 1
+    if output.ndim >= 3 and (grouped_output(module) if grouped is None else grouped):
         return 1
     return output.ndim - 1
 

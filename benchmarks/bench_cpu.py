@@ -3,7 +3,7 @@
 
 | case | act_fast | peer | target |
 | --- | --- | --- | --- |
-| ``transport_out`` | ``affine_transport(x, w, b, 0.8, lo, hi, out=o)`` | ``o.copy_(x)`` | ≤ 1.5× (fp32), ≤ 2.5× (bf16) |
+| ``transport_out`` | ``affine_transport(x, w, b, 0.8, lo, hi, out=o)`` | ``o.copy_(x)`` | ≤ 1.5× (fp32), ≤ 2.5× (bf16, fp16; AVX512 and AVX2) |
 | ``transport_new`` | ``affine_transport(x, w, b, 0.8, lo, hi)`` (a new output) | ``x.clone()`` | ≤ 1.6× (fp32), ≤ 2.6× (bf16) |
 | ``rms_norm_transport`` | ``rms_norm_transport(x, nw, w, b, 0.8, lo, hi, cast_before_scale=True)`` | ``F.rms_norm(x, (C,), nw)`` | ≤ 1.15× |
 | ``layer_norm_transport`` | ``layer_norm_transport(x, nw, nb, w, b, 0.8, lo, hi)`` | ``F.layer_norm(x, (C,), nw, nb)`` | none (for information) |
@@ -16,7 +16,7 @@ where those intermediates stay in the allocator's cache, including act_fast's pe
 overhead (validation and custom-op dispatch).
 
 The maps have a support ``[-2, 2]`` and a bias. Each case times the act_fast call with
-pytest-benchmark and then the pair in alternating rounds; ``extra_info`` holds the paired
+pytest-benchmark and then the pair in interleaved rounds (``act_fast.bench.timing``); ``extra_info`` holds the paired
 medians, their ratio and the spread (interquartile range / median), in wall-clock time and in the
 thread's CPU time. The CPU time does not count the time the thread waits while other processes
 run, so on a shared machine its ratio is the stable one; both are reported.
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import act_fast as af
+from act_fast.bench.timing import interleaved_rounds, spread
 from act_fast.ops import cpu_kernels, set_backend
 
 SHAPE = (4096, 4096)
@@ -47,6 +48,7 @@ ROUNDS = 15
 CASES = {
     "transport_out-fp32": ("transport_out", torch.float32, "copy", 1.5, 4096),
     "transport_out-bf16": ("transport_out", torch.bfloat16, "copy", 2.5, 4096),
+    "transport_out-fp16": ("transport_out", torch.float16, "copy", 2.5, 4096),
     "transport_new-fp32": ("transport_new", torch.float32, "clone", 1.6, 4096),
     "transport_new-bf16": ("transport_new", torch.bfloat16, "clone", 2.6, 4096),
     "rms_norm_transport-fp32": ("rms_norm_transport", torch.float32, "F.rms_norm", 1.15, 4096),
@@ -107,26 +109,23 @@ def _calls(op: str, dtype: torch.dtype, rows: int):
     )
 
 
-def _spread(values: list[float]) -> float:
-    """Interquartile range over the median."""
-    q = statistics.quantiles(values, n=4)
-    return (q[2] - q[0]) / statistics.median(values)
-
-
 def paired(ours, peer, rounds: int = ROUNDS) -> dict[str, float]:
-    """Alternating calls of ``ours`` and ``peer``: medians (ms) and spreads in wall-clock and
-    thread CPU time, and the ratios ours / peer of the medians."""
-    times: dict[str, list[float]] = {k: [] for k in ("ours_wall", "peer_wall", "ours_cpu", "peer_cpu")}
+    """``ours`` and ``peer`` in interleaved rounds (``act_fast.bench.timing``, shared with
+    ``act-fast bench``): medians (ms) and spreads in wall-clock and thread CPU time, and the
+    ratios ours / peer of the medians."""
+    fns = {"ours": ours, "peer": peer}
     ours(), peer()
-    for _ in range(rounds):
-        for name, fn in (("ours", ours), ("peer", peer)):
-            w0, c0 = time.perf_counter(), time.thread_time()
-            fn()
-            c1, w1 = time.thread_time(), time.perf_counter()
-            times[f"{name}_wall"].append(w1 - w0)
-            times[f"{name}_cpu"].append(c1 - c0)
+
+    def run(name: str) -> dict[str, float]:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        fns[name]()
+        c1, w1 = time.thread_time(), time.perf_counter()
+        return {"wall": w1 - w0, "cpu": c1 - c0}
+
+    samples = interleaved_rounds(list(fns), rounds, run)
+    times = {f"{name}_{clock}": samples[name][clock] for name in fns for clock in ("wall", "cpu")}
     result = {f"{k}_ms": round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
-    result.update({f"{k}_spread": round(_spread(v), 3) for k, v in times.items()})
+    result.update({f"{k}_spread": round(spread(v), 3) for k, v in times.items()})
     for clock in ("wall", "cpu"):
         result[f"ratio_{clock}"] = round(statistics.median(times[f"ours_{clock}"]) / statistics.median(times[f"peer_{clock}"]), 3)
     return result

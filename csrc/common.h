@@ -105,6 +105,12 @@ inline void round_to(Vec& a, Vec& b) {
   }
 }
 
+}  // namespace act_fast_cpu
+
+#include "bf16_pairs.h"
+
+namespace act_fast_cpu {
+
 // One map row: per-channel float32 weight, bias and (when lo != nullptr) support bounds.
 struct MapRow {
   const float* w;
@@ -138,6 +144,17 @@ struct MapChunk {
     }
   }
 
+  // kStep channels at offset c as (even channels, odd channels): the order of load_bf16_pairs.
+  struct Pairs {};
+  MapChunk(const MapRow& m, int64_t c, Pairs) {
+    load_float_pairs(m.w + c, wa, wb);
+    load_float_pairs(m.b + c, ba, bb);
+    if constexpr (kSupport) {
+      load_float_pairs(m.lo + c, la, lb);
+      load_float_pairs(m.hi + c, ha, hb);
+    }
+  }
+
   // Transports the channels held in (a, b), in place.
   void apply(Vec& a, Vec& b, const Vec& lam) const {
     a = transport_vec<kSupport>(a, wa, ba, lam, la, ha);
@@ -147,6 +164,13 @@ struct MapChunk {
 
 // Maximum rows transported together: each map chunk is loaded once for all of them.
 constexpr int64_t kRowGroup = 4;
+
+template <typename T>
+struct RowLoader;
+
+// Whether transport_rows moves full chunks of bfloat16 rows in lane pairs (bf16_pairs.h).
+template <typename T, typename Load>
+constexpr bool kUsePairs = kBf16Pairs && std::is_same_v<T, at::BFloat16> && std::is_same_v<Load, RowLoader<at::BFloat16>>;
 
 // Transports n ≤ kRowGroup rows, first0 .. first0 + n − 1, that share one map. load(r, c, k, a, b)
 // puts channels [c, c + k) of row r, in float32, into (a, b); row r is written at
@@ -158,6 +182,18 @@ inline void transport_rows(const Load& load, int64_t first0, int64_t n, T* y, in
   for (int64_t i = 0; i < n; ++i) vlam[i] = Vec(lam[i]);
   for (int64_t c = 0; c < C; c += kStep) {
     const int64_t k = std::min(kStep, C - c);
+    if constexpr (kUsePairs<T, Load>) {
+      if (k == kStep) {
+        const MapChunk<kSupport> chunk(m, c, typename MapChunk<kSupport>::Pairs{});
+        for (int64_t i = 0; i < n; ++i) {
+          Vec a, b;
+          load.pairs(first0 + i, c, a, b);
+          chunk.apply(a, b, vlam[i]);
+          store_bf16_pairs(y + i * C + c, a, b);
+        }
+        continue;
+      }
+    }
     const MapChunk<kSupport> chunk(m, c, k);
     for (int64_t i = 0; i < n; ++i) {
       Vec a, b;
@@ -224,6 +260,8 @@ struct RowLoader {
   const T* x;
   int64_t sx, first;
   void operator()(int64_t r, int64_t c, int64_t k, Vec& a, Vec& b) const { load2(x + (r - first) * sx + c, k, a, b); }
+  // kStep channels as (even, odd) (bf16_pairs.h; bfloat16 only).
+  void pairs(int64_t r, int64_t c, Vec& a, Vec& b) const { load_bf16_pairs(x + (r - first) * sx + c, a, b); }
 };
 
 // Rows of the [R, C] view of x that belong to one batch row x[b] (per-row λ and maps).

@@ -6,15 +6,17 @@
   the argmax fed back; tokens/s = ``B·N / time``. The cache is rebuilt (untimed) before every
   timed run, so every run decodes the same positions.
 
-Each figure is the median of ``repeats`` runs after ``warmup`` calls (:class:`Timer`), after one
-untimed pass that absorbs one-time start-up costs. The unsteered model is measured before and
-after the steered ones: the two show the noise of the machine, and ratios are taken against their
-mean.
+The unsteered model and each steering mode are timed in interleaved rounds
+(:func:`act_fast.bench.timing.interleaved_rounds`): each round steers the model in one mode,
+warms it up (``warmup`` untimed runs), times ``repeats`` runs, and removes the steering, the
+order of the configurations rotated from round to round; one untimed pass first absorbs one-time
+start-up costs. Each figure is the median over the rounds, with its spread; a ratio to
+unsteered is a finding only when the difference exceeds the larger spread of the two
+(:func:`act_fast.bench.timing.compare`).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from act_fast.bench.timing import Timer, Timing
+from act_fast.bench.timing import Comparison, Timer, Timing, compare, interleaved_rounds, timing_of
 from act_fast.prompts import model_accepts
 
 UNSTEERED = "unsteered"
@@ -31,7 +33,9 @@ UNSTEERED = "unsteered"
 
 @dataclass
 class Throughput:
-    """One configuration's figures (``error`` set instead when it could not run)."""
+    """One configuration's figures (``error`` set instead when it could not run). ``prefill`` /
+    ``decode``: per-round medians (ms per timed run); ``*_vs_unsteered``: tokens/s against the
+    unsteered row of the same rounds (None on that row)."""
 
     config: str
     prefill_tokens_per_s: float = float("nan")
@@ -40,13 +44,23 @@ class Throughput:
     decode: Timing | None = None
     modes: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    prefill_vs_unsteered: Comparison | None = None
+    decode_vs_unsteered: Comparison | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "config": self.config, "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s,
             "prefill": None if self.prefill is None else self.prefill.as_dict(), "decode": None if self.decode is None else self.decode.as_dict(),
             "modes": self.modes, "error": self.error,
+            "prefill_vs_unsteered": _comparison_dict(self.prefill_vs_unsteered),
+            "decode_vs_unsteered": _comparison_dict(self.decode_vs_unsteered),
         }
+
+
+def _comparison_dict(c: Comparison | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {"ratio": c.ratio, "noise": None if c.noise == float("inf") else c.noise, "resolved": c.resolved}
 
 
 def measure(model: nn.Module, prompt: Tensor, new_tokens: int, timer: Timer) -> tuple[Timing, Timing]:
@@ -81,37 +95,56 @@ def steering_throughput(
     modes: Sequence[str],
     prompt: Tensor,
     new_tokens: int,
-    timer: Timer,
+    device: str,
+    rounds: int = 5,
+    warmup: int = 1,
+    repeats: int = 1,
     strength: float = 1.0,
 ) -> list[Throughput]:
-    """Unsteered, then steered with :func:`act_fast.steer` in each of ``modes``, then unsteered
-    again. A mode that some site cannot take gets a row with ``error`` (steer's message)."""
+    """The unsteered model and :func:`act_fast.steer` in each of ``modes``, in interleaved
+    rounds (module docstring). A mode that some site cannot take gets a row with ``error``
+    (steer's message) and is not timed."""
     from act_fast.steering import steer
 
     B, P = prompt.shape
-    measure(model, prompt, new_tokens, Timer(timer.device, warmup=1, repeats=1))  # one-time start-up costs, untimed
-
-    def row(config: str, modes_used: dict[str, int]) -> Throughput:
-        pre, dec = measure(model, prompt, new_tokens, timer)
-        return Throughput(config, B * P / pre.median_ms * 1e3, B * new_tokens / dec.median_ms * 1e3, pre, dec, modes_used)
-
-    rows = [row(UNSTEERED, {})]
+    measure(model, prompt, new_tokens, Timer(device, warmup=1, repeats=1))  # one-time start-up costs, untimed
+    errors: dict[str, str] = {}
+    used: dict[str, dict[str, int]] = {UNSTEERED: {}}
     for mode in modes:
         try:
             handle = steer(model, maps, strength, mode=mode)
         except ValueError as err:
             reason = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()).replace(":;", ":")
-            rows.append(Throughput(mode, error=reason if len(reason) <= 160 else reason[:159] + "…"))
+            errors[mode] = reason if len(reason) <= 160 else reason[:159] + "…"
             continue
+        used[mode] = dict(sorted(Counter(handle.modes.values()).items()))
+        handle.remove()
+    timer = Timer(device, warmup=warmup, repeats=repeats)
+
+    def run(config: str) -> dict[str, float]:
+        handle = None if config == UNSTEERED else steer(model, maps, strength, mode=config)
         try:
-            rows.append(row(mode, dict(sorted(Counter(handle.modes.values()).items()))))
+            pre, dec = measure(model, prompt, new_tokens, timer)
         finally:
-            handle.remove()
-    rows.append(row(f"{UNSTEERED} (again)", {}))
+            if handle is not None:
+                handle.remove()
+        return {"prefill": pre.median_ms, "decode": dec.median_ms}
+
+    samples = interleaved_rounds(list(used), rounds, run)
+    rate = {"prefill": B * P * 1e3, "decode": B * new_tokens * 1e3}  # tokens per run × 1000 / ms
+
+    def rates(config: str, figure: str) -> list[float]:
+        return [rate[figure] / ms for ms in samples[config][figure]]
+
+    rows = []
+    for config in [UNSTEERED, *modes]:
+        if config in errors:
+            rows.append(Throughput(config, error=errors[config]))
+            continue
+        pre, dec = timing_of(samples[config]["prefill"]), timing_of(samples[config]["decode"])
+        row = Throughput(config, rate["prefill"] / pre.median_ms, rate["decode"] / dec.median_ms, pre, dec, used[config])
+        if config != UNSTEERED:
+            row.prefill_vs_unsteered = compare(rates(UNSTEERED, "prefill"), rates(config, "prefill"))
+            row.decode_vs_unsteered = compare(rates(UNSTEERED, "decode"), rates(config, "decode"))
+        rows.append(row)
     return rows
-
-
-def baseline(rows: Sequence[Throughput]) -> tuple[float, float]:
-    """Mean unsteered prefill and decode tokens/s of the rows measured without steering."""
-    plain = [r for r in rows if r.config.startswith(UNSTEERED)]
-    return statistics.fmean(r.prefill_tokens_per_s for r in plain), statistics.fmean(r.decode_tokens_per_s for r in plain)

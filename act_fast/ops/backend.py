@@ -76,7 +76,7 @@ def use_triton(x: Tensor) -> bool:
 
 def use_cpu_kernels(x: Tensor) -> bool:
     """Whether the op on ``x`` runs the compiled CPU kernels (built on the first call)."""
-    return x.device.type == "cpu" and _backend in ("auto", "cpu") and cpu_kernels.available()
+    return _backend in ("auto", "cpu") and x.is_cpu and cpu_kernels.available()  # is_cpu: no torch.device per call
 
 
 def implementation(x: Tensor) -> str:

@@ -51,7 +51,7 @@ ENV_SWITCH = "ACT_FAST_CPU_KERNELS"
 ENV_CACHE = "ACT_FAST_CACHE_DIR"
 LIBRARY_NAME = "act_fast_cpu"
 SOURCES = ("transport.cpp", "norm_transport.cpp", "stats.cpp", "register.cpp")
-HEADERS = ("common.h",)
+HEADERS = ("common.h", "bf16_pairs.h")
 # Bump when the build recipe changes in a way the sources and flags do not show.
 _RECIPE_VERSION = "1"
 

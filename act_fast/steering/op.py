@@ -9,12 +9,13 @@ buffers. In plain eager inference the op's body is called directly (:mod:`act_fa
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from act_fast.modeling import first_tensor, output_channel_dim, replace_first_tensor
+from act_fast.modeling import first_tensor, grouped_output, output_channel_dim, replace_first_tensor
 from act_fast.ops.eager import op_or_body
 from act_fast.steering.site import SiteContext, SteeredSite
 
@@ -25,11 +26,17 @@ def refuse_op(ctx: SiteContext) -> str | None:
 
 
 def _shares_memory(out: Tensor, module: nn.Module, args: tuple, kwargs: dict) -> bool:
-    """Whether ``out``'s storage is also held by a tensor input or a parameter / buffer of ``module``."""
+    """Whether ``out``'s storage is also held by a tensor input or a parameter / buffer of ``module``
+    (its own and its submodules')."""
     ptr = out.untyped_storage().data_ptr()
-    held = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)]
-    held += [*module.parameters(), *module.buffers()]
-    return any(t.untyped_storage().data_ptr() == ptr for t in held)
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, Tensor) and v.untyped_storage().data_ptr() == ptr:
+            return True
+    if module._modules:  # submodules: walk them all
+        held = chain(module.parameters(), module.buffers())
+    else:  # a leaf (a norm, a linear): its own dicts, without the recursive generators' cost per call
+        held = chain(module._parameters.values(), module._buffers.values())
+    return any(t is not None and t.untyped_storage().data_ptr() == ptr for t in held)
 
 
 def can_write_in_place(out: Tensor, module: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -51,13 +58,14 @@ class OpSite(SteeredSite):
     def __init__(self, ctx: SiteContext, *args: Any) -> None:
         super().__init__(ctx, *args)
         self.pool_spatial = ctx.pool_spatial
+        self.grouped = grouped_output(self.module)  # the module's type decides; not looked up per call
         self.hooks.append(self.module.register_forward_hook(self.hook, with_kwargs=True))
 
     def hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         out = first_tensor(output)
         if out is None:
             raise ValueError(f"site {self.site!r}: {type(module).__name__} returned no tensor to steer")
-        cd = output_channel_dim(module, out)
+        cd = output_channel_dim(module, out, self.grouped)
         s, idx = self.runtime(out, cd)
         bank = self.bank
         pooled = self.pool_spatial and cd == 1 and out.ndim >= 3

@@ -97,18 +97,22 @@ def test_inspect_a_statistics_file_and_refusals(act, tiny_model, maps_file, tmp_
 
 def test_bench_times_unsteered_and_every_mode(act, tiny_model, maps_file, tmp_path):
     out = tmp_path / "bench.json"
-    rc, stdout, stderr = act("bench", "--model", tiny_model, "--maps", maps_file, "--prompt-length", 8, "--new-tokens", 2, "--repeats", 1,
+    rc, stdout, stderr = act("bench", "--model", tiny_model, "--maps", maps_file, "--prompt-length", 8, "--new-tokens", 2, "--rounds", 2,
                              "--warmup", 0, "--json", out)
     assert rc == 0, stderr
     rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
-    assert list(rows) == ["unsteered", "auto", "fold", "fused", "op", "unsteered (again)"]
+    assert list(rows) == ["unsteered", "auto", "fold", "fused", "op"]
     assert "the map has a support" in rows["fold"]["error"]  # maps with a support cannot be folded
-    for name in ("unsteered", "auto", "fused", "op", "unsteered (again)"):
+    for name in ("unsteered", "auto", "fused", "op"):
         assert rows[name]["error"] is None and rows[name]["prefill_tokens_per_s"] > 0 and rows[name]["decode_tokens_per_s"] > 0
+        assert len(rows[name]["prefill"]["times_ms"]) == 2 and rows[name]["decode"]["spread"] is not None  # one per round
+    assert rows["unsteered"]["decode_vs_unsteered"] is None and rows["op"]["decode_vs_unsteered"]["ratio"] > 0
     assert rows["op"]["modes"] == {"op": 4} and rows["fused"]["modes"] == {"fused": 4}
     table = [line.split() for line in stdout.splitlines()]
     header = next(i for i, cells in enumerate(table) if cells[:1] == ["config"])
-    assert table[header + 5][0] == "op" and float(table[header + 5][2]) > 0 and float(table[header + 5][4]) > 0
+    assert table[header][:4] == ["config", "prefill", "tok/s", "±"]
+    assert table[header + 5][0] == "op" and float(table[header + 5][1].replace(",", "")) > 0 and table[header + 5][2].endswith("%")
+    assert "interquartile range / median" in stdout
     rc, _, err = act("bench", "--model", tiny_model, "--maps", maps_file, "--modes", "fast")
     assert rc == 2 and "--modes: unknown ['fast']" in err
     rc, _, err = act("bench", "--model", tiny_model, "--maps", maps_file, "--prompt-length", 250, "--new-tokens", 10)

@@ -24,16 +24,8 @@ from pathlib import Path
 
 import torch
 
+from act_fast.bench.timing import cpu_name
 
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo``), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from act_fast.bench.timing import cpu_name
+
 
 def model_and_batches(layers: int, batches: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -44,16 +46,6 @@ def model_and_batches(layers: int, batches: int, seed: int = 0):
 
     return model, side(), side()
 
-
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo``), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

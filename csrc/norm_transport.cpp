@@ -100,7 +100,8 @@ void rms_norm_transport_cpu(const at::Tensor& x, const std::optional<at::Tensor>
                             bool cast_before_scale, const at::Tensor& out) {
   check_out(x, out, "act_fast_cpu::rms_norm_transport");
   if (x.numel() == 0) return;
-  const TransportArgs a = prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index);
+  const TransportArgs a =
+      prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index, x.dim() >= 2 ? x.size(0) : 1);
   at::Tensor x2 = x.reshape({-1, a.C});
   TORCH_CHECK(x2.stride(1) == 1 || a.C == 1,
               "act_fast_cpu::rms_norm_transport: x must have unit channel stride (got strides ", x.strides(), ")");
@@ -137,7 +138,8 @@ void layer_norm_transport_cpu(const at::Tensor& x, const std::optional<at::Tenso
                               double eps, const at::Tensor& out) {
   check_out(x, out, "act_fast_cpu::layer_norm_transport");
   if (x.numel() == 0) return;
-  const TransportArgs a = prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index);
+  const TransportArgs a =
+      prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index, x.dim() >= 2 ? x.size(0) : 1);
   const at::Tensor x2 = x.reshape({-1, a.C});
   // As the reference: the module's own computation when the affine parameters have x's dtype,
   // otherwise everything in float32 and one rounding at the end.

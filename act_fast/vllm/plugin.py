@@ -1,18 +1,24 @@
 """The vLLM general plugin (entry point ``vllm.general_plugins``: ``act_fast = act_fast.vllm.plugin:register``).
 
 vLLM calls :func:`register` once in every process it starts (the front end, the engine core, each
-worker). It wraps four vLLM methods; each wrapper does nothing unless the engine's
-``additional_config`` has an ``"act_fast"`` entry:
+worker). It first checks the installed vLLM version (:mod:`act_fast.vllm.version`), then wraps
+these vLLM methods; each wrapper does nothing unless the engine's ``additional_config`` has an
+``"act_fast"`` entry (or the request has ``act_fast_*`` keys):
 
+- ``EngineArgs.create_engine_config`` (front end): ``Path`` values of the ``"act_fast"`` entry
+  become ``str`` (vLLM hashes ``additional_config`` with ``json.dumps``).
 - ``WorkerWrapperBase.init_device`` (every worker): the worker's ``load_model`` is wrapped
   to install the maps in the loaded model before vLLM's first forward (which compiles it), see
   :func:`act_fast.vllm.worker.install_in_worker`.
 - ``InputProcessor.__init__`` (front end, before the engine core starts): reads the config and the
   map files, so a malformed config or a missing / damaged file fails engine start naming it.
-- ``InputProcessor.process_inputs`` (front end, per request): rejects bad ``act_fast_*`` extra args.
-- ``Request.from_engine_core_request`` (engine core, per request): a steered request gets a cache
-  salt derived from its map set and λ, so it only shares prefix-cache blocks with requests steered
-  the same way; unsteered requests keep their (absent or own) salt and share with each other.
+- ``InputProcessor.process_inputs`` (front end, per request): refuses bad ``act_fast_*`` extra
+  args (a λ outside the engine's ``strength_range`` included) and sets the request's prefix-cache
+  salt (:mod:`act_fast.vllm.salt`): steered requests only share KV blocks with requests steered
+  alike with the same map files, and no client salt can name a steered request's blocks.
+- ``CompletionRequest`` / ``ChatCompletionRequest.to_beam_search_params`` (OpenAI server): vLLM's
+  beam search builds its own ``SamplingParams`` without ``extra_args``, so steering would be
+  silently dropped; a beam-search request with ``act_fast_*`` keys is refused instead (HTTP 400).
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from act_fast.vllm.config import engine_config, load_map_sets
-from act_fast.vllm.requests import RequestSteeringError, parse_request, validate_request
+from act_fast.vllm.config import engine_config, file_digests, load_map_sets, normalise_paths
+from act_fast.vllm.requests import KEY_PREFIX, RequestSteeringError, parse_request, validate_request
+from act_fast.vllm.salt import steered_salt, unsteered_salt
+from act_fast.vllm.version import check_supported, installed_version, is_supported
 
 _PATCHED = "_act_fast_wrapped"
 
@@ -86,14 +94,53 @@ def _init_device(original: Any) -> Any:
 # -- front end -----------------------------------------------------------------------------------
 
 
+def _create_engine_config(original: Any) -> Any:
+    @functools.wraps(original)
+    def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if engine_config(self.additional_config) is not None:
+            check_supported()  # one line naming the supported range, before anything else runs
+        self.additional_config = normalise_paths(self.additional_config)
+        return original(self, *args, **kwargs)
+
+    return create_engine_config
+
+
+class _FrontEnd:
+    """What the front end needs per request: set names, λ range and map-file digests."""
+
+    def __init__(self, additional_config: Any) -> None:
+        config = engine_config(additional_config)
+        self.config = config
+        if config is not None:
+            load_map_sets(config)  # fail engine start on a missing or damaged file, naming it
+            self.digests = file_digests(config)
+
+    def check(self, request_id: str, extra: Any) -> tuple[int, float]:
+        """``(slot, λ)``; raises the 400-mapped validation error for a bad request."""
+        try:
+            if self.config is None:
+                if extra and parse_request(extra) is not None:
+                    raise RequestSteeringError(
+                        "this engine has no act_fast map sets; start it with "
+                        'additional_config={"act_fast": {"maps": {"name": "file.safetensors"}}}'
+                    )
+                return 0, 0.0
+            return validate_request(extra, self.config.set_names, self.config.strength_range)
+        except RequestSteeringError as err:
+            raise _request_error(f"request {request_id}: {err}") from err
+
+    def salt(self, client_salt: str | None, slot: int, strength: float) -> str | None:
+        if slot == 0:
+            return unsteered_salt(client_salt)
+        name = self.config.set_names[slot - 1]
+        return steered_salt(client_salt, [(name, self.digests[name], strength)])
+
+
 def _processor_init(original: Any) -> Any:
     @functools.wraps(original)
     def __init__(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         original(self, vllm_config, *args, **kwargs)
-        config = engine_config(vllm_config.additional_config)
-        if config is not None:
-            load_map_sets(config)  # fail engine start on a missing or damaged file, naming it
-        self._act_fast_sets = None if config is None else config.set_names
+        self._act_fast = _FrontEnd(vllm_config.additional_config)
 
     return __init__
 
@@ -104,53 +151,45 @@ def _process_inputs(original: Any) -> Any:
         # vLLM 0.32 calls process_inputs(request_id, prompt, params, ...) positionally.
         request_id = kwargs.get("request_id", args[0] if args else "")
         params = kwargs.get("params", args[2] if len(args) > 2 else None)
+        front = getattr(self, "_act_fast", None)
         extra = getattr(params, "extra_args", None)
-        if extra:
-            sets = getattr(self, "_act_fast_sets", None)
-            try:
-                if sets is None:
-                    if parse_request(extra) is not None:
-                        raise RequestSteeringError(
-                            "this engine has no act_fast map sets; start it with "
-                            'additional_config={"act_fast": {"maps": {"name": "file.safetensors"}}}'
-                        )
-                else:
-                    validate_request(extra, sets)
-            except RequestSteeringError as err:
-                raise _request_error(f"request {request_id}: {err}") from err
-        return original(self, *args, **kwargs)
+        slot, strength = front.check(request_id, extra) if front is not None else (0, 0.0)
+        request = original(self, *args, **kwargs)
+        if front is not None and front.config is not None and hasattr(request, "cache_salt"):
+            request.cache_salt = front.salt(request.cache_salt, slot, strength)
+        return request
 
     return process_inputs
 
 
-# -- engine core ---------------------------------------------------------------------------------
+def _to_beam_search_params(original: Any) -> Any:
+    @functools.wraps(original)
+    def to_beam_search_params(self: Any, *args: Any, **kwargs: Any) -> Any:
+        keys = sorted(k for k in (getattr(self, "vllm_xargs", None) or {}) if isinstance(k, str) and k.startswith(KEY_PREFIX))
+        if keys:
+            raise _request_error(
+                f"act_fast steering ({', '.join(keys)}) cannot be combined with use_beam_search: vLLM's beam search "
+                "runs its own requests without vllm_xargs, so the steering would be silently dropped"
+            )
+        return original(self, *args, **kwargs)
 
-
-def _from_engine_core_request(original: Any) -> Any:
-    func = original.__func__
-
-    @functools.wraps(func)
-    def from_engine_core_request(cls: type, request: Any, *args: Any, **kwargs: Any) -> Any:
-        params = getattr(request, "sampling_params", None)
-        try:
-            steering = parse_request(getattr(params, "extra_args", None))
-        except RequestSteeringError:
-            steering = None  # the worker runs it unsteered too
-        if steering is not None:
-            salt = steering.cache_key()
-            request.cache_salt = salt if not request.cache_salt else f"{request.cache_salt}\x00{salt}"
-        return func(cls, request, *args, **kwargs)
-
-    return classmethod(from_engine_core_request)
+    return to_beam_search_params
 
 
 def register() -> None:
     """Installs the wrappers (idempotent; vLLM may call general plugins more than once)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    _wrap(EngineArgs, "create_engine_config", _create_engine_config)
+    if not is_supported(installed_version()):
+        return  # only the check above: engines with an "act_fast" entry fail at start, naming the range
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.v1.engine.input_processor import InputProcessor
-    from vllm.v1.request import Request
     from vllm.v1.worker.worker_base import WorkerWrapperBase
 
     _wrap(WorkerWrapperBase, "init_device", _init_device)
     _wrap(InputProcessor, "__init__", _processor_init)
     _wrap(InputProcessor, "process_inputs", _process_inputs)
-    _wrap(Request, "from_engine_core_request", _from_engine_core_request)
+    _wrap(CompletionRequest, "to_beam_search_params", _to_beam_search_params)
+    _wrap(ChatCompletionRequest, "to_beam_search_params", _to_beam_search_params)

@@ -3,8 +3,9 @@
 - ``act_fast_maps``: the name of a map set from the engine's ``additional_config`` (None or ""
   = unsteered). May be left out when the engine has exactly one map set and ``act_fast_strength``
   is given.
-- ``act_fast_strength``: λ, a finite number (a numeric string is accepted, as some clients send
-  every ``vllm_xargs`` value as text). Default 1.0 when a map set is named.
+- ``act_fast_strength``: λ, a number finite in float32 (the steering buffers are float32; a
+  numeric string is accepted, as some clients send every ``vllm_xargs`` value as text), inside the
+  engine's ``strength_range``. Default 1.0 when a map set is named.
 
 A request with λ = 0 is unsteered (the map at λ = 0 is the identity), so it shares the prefix
 cache with the other unsteered requests.
@@ -13,6 +14,7 @@ cache with the other unsteered requests.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +36,14 @@ class RequestSteering:
     maps: str | None
     strength: float
 
-    def cache_key(self) -> str:
-        """Identity of the steering for the prefix cache: requests with equal keys may share KV blocks."""
-        return f"act_fast:{self.maps or ''}:{self.strength!r}"
+
+def float32_bits(value: float) -> bytes:
+    """``value`` rounded to float32, as its 4 little-endian bytes (what the steering buffers hold).
+
+    Raises:
+        OverflowError: ``value`` is not finite in float32 (``|value|`` above ~3.4e38, e.g. 1e39).
+    """
+    return struct.pack("<f", value)
 
 
 def _strength(value: Any) -> float:
@@ -48,6 +55,10 @@ def _strength(value: Any) -> float:
         raise RequestSteeringError(f"{STRENGTH_KEY} must be a number, got {value!r}") from None
     if not math.isfinite(strength):
         raise RequestSteeringError(f"{STRENGTH_KEY} must be finite, got {value!r}")
+    try:
+        float32_bits(strength)
+    except OverflowError:
+        raise RequestSteeringError(f"{STRENGTH_KEY} must be finite in float32 (|λ| < 3.4e38), got {value!r}") from None
     return strength
 
 
@@ -78,16 +89,31 @@ def parse_request(extra_args: Mapping[str, Any] | None) -> RequestSteering | Non
     return RequestSteering(name or None, strength)
 
 
-def resolve(steering: RequestSteering | None, set_names: Sequence[str]) -> tuple[int, float]:
+def check_range(strength: float, strength_range: tuple[float, float] | None) -> None:
+    """Raises :class:`RequestSteeringError` naming the range when λ is outside ``[lo, hi]``."""
+    if strength_range is None:
+        return
+    lo, hi = strength_range
+    if not lo <= strength <= hi:
+        raise RequestSteeringError(
+            f"{STRENGTH_KEY} {strength!r} is outside this engine's range [{lo!r}, {hi!r}] "
+            "(additional_config['act_fast']['strength_range'])"
+        )
+
+
+def resolve(
+    steering: RequestSteering | None, set_names: Sequence[str], strength_range: tuple[float, float] | None = None
+) -> tuple[int, float]:
     """``(slot, λ)`` for the per-token buffers: slot 0 (identity) and λ 0 when unsteered, else
     ``1 + position of the set`` in ``set_names``.
 
     Raises:
-        RequestSteeringError: the named set is not one of ``set_names`` (the message lists them), or
-            no set is named while the engine has several.
+        RequestSteeringError: the named set is not one of ``set_names`` (the message lists them), no
+            set is named while the engine has several, or λ is outside ``strength_range``.
     """
     if steering is None:
         return 0, 0.0
+    check_range(steering.strength, strength_range)
     if steering.maps is None:
         if len(set_names) != 1:
             raise RequestSteeringError(
@@ -99,6 +125,8 @@ def resolve(steering: RequestSteering | None, set_names: Sequence[str]) -> tuple
     return 1 + list(set_names).index(steering.maps), steering.strength
 
 
-def validate_request(extra_args: Mapping[str, Any] | None, set_names: Sequence[str]) -> tuple[int, float]:
+def validate_request(
+    extra_args: Mapping[str, Any] | None, set_names: Sequence[str], strength_range: tuple[float, float] | None = None
+) -> tuple[int, float]:
     """:func:`parse_request` then :func:`resolve`; raises :class:`RequestSteeringError`."""
-    return resolve(parse_request(extra_args), set_names)
+    return resolve(parse_request(extra_args), set_names, strength_range)

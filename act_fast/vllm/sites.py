@@ -76,16 +76,58 @@ def _output_channels(module: nn.Module, hidden_size: int) -> int:
     return hidden_size
 
 
+def _language_model_prefix(model: nn.Module) -> str | None:
+    """Name of the language model inside a multimodal vLLM model (``get_language_model()``), or
+    None for a text-only model."""
+    get = getattr(model, "get_language_model", None)
+    if not callable(get):
+        return None
+    try:
+        lm = get()
+    except Exception:  # noqa: BLE001 - a model without one raises; treat it as text-only
+        return None
+    if lm is None or lm is model:
+        return None
+    return next((name for name, m in model.named_modules() if m is lm), None)
+
+
+def _rows_not_tokens(site: str, module: nn.Module, channels: int, hidden_size: int, lm_prefix: str | None) -> str | None:
+    """Why the rows of ``module``'s output are not the step's tokens (the per-token λ / map-slot
+    buffers would be read at the wrong entries), or None when they are."""
+    if lm_prefix is not None and not (site == lm_prefix or site.startswith(lm_prefix + ".")):
+        return f"it is outside the language model ({lm_prefix!r}): a multimodal encoder runs on patches or frames, not the step's tokens"
+    if "norm" in type(module).__name__.lower() and channels != hidden_size:
+        return (
+            f"a {type(module).__name__} over {channels} channels (the model's hidden size is {hidden_size}) is a per-head norm "
+            "(e.g. Qwen3's q_norm / k_norm): vLLM runs it on [tokens x heads, head_dim] rows, not one row per token"
+        )
+    return None
+
+
+def _partial_sums(module: nn.Module) -> str | None:
+    """Why the module's output is a per-rank partial sum under tensor parallelism, or None."""
+    tp = getattr(module, "tp_size", 1)
+    if getattr(module, "reduce_results", True) is False and isinstance(tp, int) and tp > 1:
+        return (
+            f"a {type(module).__name__} with reduce_results=False under tensor parallelism {tp} outputs a partial sum on each "
+            f"rank (e.g. a MoE shared expert): the map would be applied to each part and its bias added {tp} times; steer a module "
+            "whose output is reduced"
+        )
+    return None
+
+
 def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[str, Any], hidden_size: int) -> list[SitePlan]:
     """Checks every map set against the model and decides each site's mode.
 
     Raises:
         SiteError: listing every problem, each naming the map set, its file and the site: a site
             that is not a module of the vLLM model (with the closest module names), a channel count
-            that differs from the module's output, or an RMSNorm vLLM configures in a way the fused
-            op does not reproduce.
+            that differs from the module's output, an RMSNorm vLLM configures in a way the fused
+            op does not reproduce, a module whose output rows are not the step's tokens (per-head
+            norms, multimodal encoders), or a tensor-parallel partial sum.
     """
     modules = dict(model.named_modules())
+    lm_prefix = _language_model_prefix(model)
     norms = _rms_norm_classes()
     problems: list[str] = []
     plans: dict[str, SitePlan] = {}
@@ -101,6 +143,10 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
             channels = _output_channels(module, hidden_size)
             if m.num_channels != channels:
                 problems.append(f"{where}: site {site!r}: the map has {m.num_channels} channels, vLLM's {type(module).__name__} outputs {channels}")
+                continue
+            why = _rows_not_tokens(site, module, channels, hidden_size, lm_prefix) or _partial_sums(module)
+            if why is not None:
+                problems.append(f"{where}: site {site!r} cannot be steered per token: {why}")
                 continue
             rounding = norms.get(type(module))
             if rounding is not None and getattr(module, "variance_size_override", None) is not None:

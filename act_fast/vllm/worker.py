@@ -10,7 +10,8 @@ vLLM 0.32 has two model runners, and both are hooked on their instance (no class
   give the layout.
 
 In both, ``execute_model(scheduler_output, ...)`` is wrapped to learn each new request's
-``sampling_params.extra_args`` and forget finished requests.
+``sampling_params.extra_args`` and forget finished requests, and to zero reused KV-cache blocks
+that a steered request wrote (see :class:`WorkerSteering`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ def _check_engine(vllm_config: Any, runner: Any) -> None:
         problems.append("prefill context parallelism")
     if getattr(parallel, "pipeline_parallel_size", 1) > 1:
         problems.append("pipeline parallelism")
-    if getattr(runner, "adaptive_verification", None) is not None:
+    # vLLM sets runner.adaptive_verification only after load; what it is built from is known now.
+    speculative = getattr(vllm_config, "speculative_config", None)
+    if (
+        getattr(runner, "adaptive_verification", None) is not None
+        or getattr(getattr(runner, "speculator", None), "enable_adaptive_verification", False)
+        or getattr(speculative, "enable_adaptive_verification", False)
+    ):
         problems.append("adaptive speculative verification")
     inductor = getattr(vllm_config.compilation_config, "inductor_compile_config", None) or {}
     if inductor.get("freezing") or (inductor.get("max_autotune") and vllm_config.device_config.device.type == "cpu"):
@@ -53,21 +60,48 @@ def _check_engine(vllm_config: Any, runner: Any) -> None:
         raise UnsupportedEngineError(f"act_fast steering does not support {', '.join(problems)}")
 
 
-class WorkerSteering:
-    """The engine's map sets installed in the worker's model, and the per-request state."""
+def _fresh(groups: Any, num_computed_tokens: int, block_sizes: list[int]) -> list[int]:
+    """Block ids of ``groups`` (one list per KV-cache group) past the blocks holding the
+    ``num_computed_tokens`` already computed tokens (prefix-cache hits, shared with other requests)."""
+    ids: list[int] = []
+    for g, blocks in enumerate(groups or ()):
+        size = block_sizes[g] if g < len(block_sizes) else block_sizes[-1]
+        ids.extend(blocks[-(-num_computed_tokens // size) :])
+    return ids
 
-    def __init__(self, config: EngineSteeringConfig, control: TokenControl) -> None:
+
+class WorkerSteering:
+    """The engine's map sets installed in the worker's model, and the per-request state.
+
+    **KV-cache hygiene.** vLLM's CPU attention (and its other paged kernels) computes each KV tile
+    rounded up to whole token groups, masks the logits past the sequence with −inf and then
+    multiplies the softmax weights, 0 there, with the stale V rows of the block: 0 · NaN = NaN. vLLM
+    hands a freed block to the next request as it is (last freed, first reused, without zeroing
+    unless the model has Mamba layers), so a request whose steering made its activations non-finite
+    leaves NaN rows that poison the attention of whichever request gets the block next. The worker
+    therefore remembers every block a steered request was given (``tainted``) and zeroes such a
+    block, in every layer, before the step in which vLLM hands it out again as a new block (never a
+    block shared as a prefix-cache hit). Unsteered traffic never pays for it.
+    """
+
+    def __init__(self, config: EngineSteeringConfig, control: TokenControl, zero_blocks: Any = None, block_sizes: Any = None) -> None:
         self.set_names = config.set_names
+        self.strength_range = config.strength_range
         self.control = control
         self.requests: dict[str, tuple[int, float]] = {}  # req_id -> (slot, λ) of steered requests
+        self.tainted: set[int] = set()  # blocks a steered request was given since they were last zeroed
+        self._zero_blocks = zero_blocks  # callable(list[int]) zeroing KV-cache blocks in every layer
+        self._block_sizes = block_sizes  # callable() -> block size of each KV-cache group
 
     def track(self, scheduler_output: Any) -> None:
-        """Learns the step's new requests and forgets the finished ones."""
+        """Learns the step's new requests, forgets the finished ones, and zeroes reused blocks that
+        a steered request wrote before this step runs."""
+        given: list[tuple[str, Any, int]] = []  # (req_id, block ids per group, computed tokens)
         for new in getattr(scheduler_output, "scheduled_new_reqs", ()):
             params = getattr(new, "sampling_params", None)
             extra = getattr(params, "extra_args", None) if params is not None else None
             try:
-                slot, strength = validate_request(extra, self.set_names)
+                slot, strength = validate_request(extra, self.set_names, self.strength_range)
             except RequestSteeringError as err:  # the front end rejects these; never fail a step here
                 logger.warning("act_fast: request %s runs unsteered: %s", new.req_id, err)
                 slot, strength = 0, 0.0
@@ -75,8 +109,31 @@ class WorkerSteering:
                 self.requests[new.req_id] = (slot, strength)
             else:
                 self.requests.pop(new.req_id, None)
+            given.append((new.req_id, getattr(new, "block_ids", None), int(getattr(new, "num_computed_tokens", 0))))
+        cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
+        if cached is not None:
+            resumed = getattr(cached, "resumed_req_ids", set()) or set()
+            for i, req_id in enumerate(getattr(cached, "req_ids", ())):
+                blocks = cached.new_block_ids[i] if i < len(cached.new_block_ids) else None
+                computed = int(cached.num_computed_tokens[i]) if req_id in resumed else 0
+                given.append((req_id, blocks, computed))
         for req_id in getattr(scheduler_output, "finished_req_ids", ()):
             self.requests.pop(req_id, None)
+        if self._zero_blocks is not None and given:
+            self._hygiene(given)
+
+    def _hygiene(self, given: list[tuple[str, Any, int]]) -> None:
+        sizes = self._block_sizes()
+        reused = []
+        for _, groups, computed in given:
+            reused.extend(b for b in _fresh(groups, computed, sizes) if b in self.tainted)
+        if reused:
+            reused = sorted(set(reused))
+            self._zero_blocks(reused)
+            self.tainted.difference_update(reused)
+        for req_id, groups, _ in given:
+            if req_id in self.requests:
+                self.tainted.update(b for blocks in groups or () for b in blocks if b != 0)  # 0: vLLM's null block
 
     def fill(self, req_ids: list[str], tokens_per_request: np.ndarray) -> None:
         """Per-token λ and slot for a step whose requests run in ``req_ids`` order."""
@@ -122,6 +179,28 @@ def _hook_execute(runner: Any, steering: WorkerSteering) -> None:
     runner.execute_model = execute_model
 
 
+def _block_zeroer(runner: Any) -> tuple[Any, Any]:
+    """``(zero(block_ids), block_sizes())`` with vLLM's own block zeroing of the runner (the one it
+    uses for Mamba caches): the CPU runner zeroes ``kv_cache[block]`` of every full-attention layer,
+    the GPU runners a precomputed list of block segments, built here on first use."""
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as RunnerV2
+
+    def zero(block_ids: list[int]) -> None:
+        if isinstance(runner, RunnerV2):
+            if runner.kv_block_zeroer is None:
+                runner._init_kv_zero_meta()
+            runner.kv_block_zeroer.zero_block_ids(block_ids)
+            return
+        if type(runner).__name__ != "CPUModelRunner" and not hasattr(runner, "_kv_block_zeroer"):
+            runner._init_kv_zero_meta()
+        runner._zero_block_ids(block_ids)
+
+    def block_sizes() -> list[int]:
+        return [group.kv_cache_spec.block_size for group in runner.kv_cache_config.kv_cache_groups]
+
+    return zero, block_sizes
+
+
 def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfig) -> WorkerSteering:
     """Loads and checks the map sets, installs them in ``runner.model`` and hooks the runner.
 
@@ -145,7 +224,7 @@ def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfi
     device = next(model.parameters()).device
     control = TokenControl(runner.max_num_tokens, device)
     install_sites(model, plans, map_sets, control)
-    steering = WorkerSteering(config, control)
+    steering = WorkerSteering(config, control, *_block_zeroer(runner))
     _hook_execute(runner, steering)
     (_hook_v2 if isinstance(runner, RunnerV2) else _hook_v1)(runner, steering)
     # vLLM keys its compile cache on the config hash, which covers additional_config: make that

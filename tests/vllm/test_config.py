@@ -60,3 +60,30 @@ def test_digest_follows_file_contents(tmp_path):
     assert maps_digest(config) == first
     _maps(tmp_path, seed=1)  # same path, other maps
     assert maps_digest(config) != first
+
+
+def test_strength_range_default_and_explicit():
+    from act_fast.vllm.config import DEFAULT_STRENGTH_RANGE
+
+    assert engine_config({"act_fast": {"maps": {"a": "a.safetensors"}}}).strength_range == DEFAULT_STRENGTH_RANGE == (-10.0, 10.0)
+    assert engine_config({"act_fast": {"maps": {"a": "a.safetensors"}, "strength_range": [0, 2]}}).strength_range == (0.0, 2.0)
+
+
+@pytest.mark.parametrize("bad", [[1.0], [2.0, 1.0], "0,1", [0, float("inf")], [0, 1e39], [True, 2], {"lo": 0, "hi": 1}, [0, "1"]])
+def test_bad_strength_range_is_refused(bad):
+    with pytest.raises(SteeringConfigError, match=r"\['strength_range'\] must be \[lo, hi\]"):
+        engine_config({"act_fast": {"maps": {"a": "a.safetensors"}, "strength_range": bad}})
+
+
+def test_paths_in_the_entry_become_strings(tmp_path):
+    import json
+
+    from act_fast.vllm.config import normalise_paths
+
+    path = tmp_path / "a.safetensors"
+    config = {"act_fast": {"maps": {"a": path}, "strength_range": (-2, 2)}, "other": 1}
+    plain = normalise_paths(config)
+    assert plain == {"act_fast": {"maps": {"a": str(path)}, "strength_range": (-2, 2)}, "other": 1}
+    json.dumps(plain, sort_keys=True)  # what vLLM's config hash does
+    assert config["act_fast"]["maps"]["a"] is path  # the caller's dict is not changed
+    assert normalise_paths({"x": path}) == {"x": path} and normalise_paths(None) is None

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from act_fast.vllm.requests import RequestSteering, RequestSteeringError, parse_request, resolve, validate_request
+from act_fast.vllm.requests import RequestSteeringError, check_range, parse_request, resolve, validate_request
 
 SETS = ("detox", "formal")
 
@@ -48,10 +48,22 @@ def test_map_set_name_must_be_text_and_keys_are_checked():
         parse_request({"act_fast_maps": "detox", "act_fast_strenght": 1.0})
 
 
-def test_cache_key_separates_sets_and_strengths():
-    keys = {RequestSteering(m, s).cache_key() for m in ("detox", "formal", None) for s in (1.0, 0.5, 0.1 + 0.2)}
-    assert len(keys) == 9
-    assert RequestSteering("detox", 0.5).cache_key() == parse_request({"act_fast_maps": "detox", "act_fast_strength": "0.5"}).cache_key()
+@pytest.mark.parametrize("strength", [1e39, "1e39", -3.5e38, "-1e300"])
+def test_strength_that_overflows_float32_is_refused(strength):
+    """Finite as a Python float, inf in the float32 steering buffers."""
+    with pytest.raises(RequestSteeringError, match="finite in float32"):
+        parse_request({"act_fast_maps": "detox", "act_fast_strength": strength})
+    assert parse_request({"act_fast_maps": "detox", "act_fast_strength": 3.4e38}).strength == 3.4e38  # float32 max rounds, finite
+
+
+def test_strength_range_is_enforced_at_each_bound():
+    for inside in (-10.0, 10.0, 0.5, "10"):
+        assert validate_request({"act_fast_maps": "formal", "act_fast_strength": inside}, SETS, (-10.0, 10.0)) == (2, float(inside))
+    for outside in (10.001, -10.5, 1e30):
+        with pytest.raises(RequestSteeringError, match=r"outside this engine's range \[-10.0, 10.0\].*strength_range"):
+            validate_request({"act_fast_maps": "formal", "act_fast_strength": outside}, SETS, (-10.0, 10.0))
+    assert validate_request({"act_fast_maps": "formal", "act_fast_strength": 0}, SETS, (0.5, 1.0)) == (0, 0.0)  # λ = 0: unsteered
+    check_range(1e30, None)  # no range: only finiteness
 
 
 def test_resolve_none_is_identity_slot():

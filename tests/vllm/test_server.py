@@ -114,3 +114,21 @@ def test_server_rejects_bad_steering_with_400(server, assets):
     assert "unknown map set 'detox'" in json.dumps(body) and "['a', 'b']" in json.dumps(body)
     status, body = _complete(server, assets, PROMPTS[0], {"act_fast_maps": "a", "act_fast_strength": "max"})
     assert status == 400 and "act_fast_strength must be a number" in json.dumps(body), body
+
+
+def test_server_refuses_lambda_outside_the_range_and_beam_search_with_400_and_keeps_serving(server, assets, hf):
+    """Issue 26: the engine's λ range (default [-10, 10]) and float32 finiteness; issue 20: beam
+    search would drop vllm_xargs, so steering with it is refused."""
+    for strength in (10.5, -1e30, "1e39"):
+        status, body = _complete(server, assets, PROMPTS[0], {"act_fast_maps": "a", "act_fast_strength": strength})
+        assert status == 400, (strength, body)
+        text = json.dumps(body)
+        assert "outside this engine's range [-10.0, 10.0]" in text or "finite in float32" in text, body
+    body = {"model": str(assets.checkpoint), "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0.0, "use_beam_search": True, "n": 2,
+            "vllm_xargs": {"act_fast_maps": "a", "act_fast_strength": 0.5}}
+    status, reply = _post(f"{server}/v1/completions", body)
+    assert status == 400 and "cannot be combined with use_beam_search" in json.dumps(reply), reply
+    status, reply = _complete(server, assets, PROMPTS[2], {"act_fast_maps": "a", "act_fast_strength": 10})  # at the bound
+    assert status == 200 and reply["choices"][0]["token_ids"] == hf.generate(PROMPTS[2], "a", 10.0), reply
+    status, reply = _complete(server, assets, PROMPTS[3], None)
+    assert status == 200 and reply["choices"][0]["token_ids"] == hf.generate(PROMPTS[3]), reply

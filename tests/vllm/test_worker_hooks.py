@@ -6,6 +6,7 @@ the scheduler output and finished ones forgotten. (The engine tests run the real
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from engine_support import require_vllm
 
@@ -13,20 +14,31 @@ require_vllm()
 
 from act_fast.vllm.buffers import TokenControl  # noqa: E402
 from act_fast.vllm.config import EngineSteeringConfig  # noqa: E402
-from act_fast.vllm.worker import WorkerSteering, _hook_execute, _hook_v1, _hook_v2  # noqa: E402
+from act_fast.vllm.worker import UnsupportedEngineError, WorkerSteering, _check_engine, _hook_execute, _hook_v1, _hook_v2  # noqa: E402
 
 
 def _new(req_id, extra):
     return SimpleNamespace(req_id=req_id, sampling_params=SimpleNamespace(extra_args=extra))
 
 
-def _steering():
+def _steering(zeroed=None):
     config = EngineSteeringConfig({"a": "a.safetensors", "b": "b.safetensors"})
-    return WorkerSteering(config, TokenControl(32, "cpu"))
+    if zeroed is None:
+        return WorkerSteering(config, TokenControl(32, "cpu"))
+    return WorkerSteering(config, TokenControl(32, "cpu"), zeroed.append, lambda: [4])
 
 
-def _step(new=(), finished=()):
-    return SimpleNamespace(scheduled_new_reqs=list(new), finished_req_ids=set(finished))
+def _step(new=(), finished=(), cached=None):
+    return SimpleNamespace(scheduled_new_reqs=list(new), finished_req_ids=set(finished), scheduled_cached_reqs=cached)
+
+
+def _new_blocks(req_id, extra, blocks, computed=0):
+    return SimpleNamespace(req_id=req_id, sampling_params=SimpleNamespace(extra_args=extra), block_ids=(blocks,), num_computed_tokens=computed)
+
+
+def _cached(req_ids, new_block_ids, computed=None, resumed=()):
+    return SimpleNamespace(req_ids=req_ids, new_block_ids=[(b,) if b is not None else None for b in new_block_ids],
+                           num_computed_tokens=computed or [0] * len(req_ids), resumed_req_ids=set(resumed))
 
 
 def test_v1_hook_fills_in_input_batch_order():
@@ -57,3 +69,36 @@ def test_v2_hook_reads_the_returned_input_batch():
     assert runner.prepare_inputs("so", "state", "desc", 0) is batch
     assert steering.control.map_index[:5].tolist() == [2, 2, 0, 1, 0]
     assert steering.control.strength[:5].tolist() == [1.0, 1.0, 0.0, -1.0, 0.0]
+
+
+def test_blocks_a_steered_request_wrote_are_zeroed_before_reuse():
+    """Block size 4. A steered request's blocks are zeroed when vLLM hands them out again as new
+    blocks (to anyone), never when they are shared as prefix-cache hits, and unsteered blocks never."""
+    zeroed = []
+    steering = _steering(zeroed)
+    steering.track(_step([_new_blocks("s", {"act_fast_maps": "a"}, [3, 7]), _new_blocks("u", None, [5])]))
+    steering.track(_step(cached=_cached(["s", "u"], [[9], [6]])))  # decode steps grow both requests
+    assert zeroed == [] and steering.tainted == {3, 7, 9}
+    # "s" finished; a new unsteered request gets 9 and 5 fresh, another shares 3 and 7 as 8 cached tokens.
+    steering.track(_step([_new_blocks("n", None, [9, 5]), _new_blocks("h", {"act_fast_maps": "a"}, [3, 7, 2], computed=8)], finished=["s"]))
+    assert zeroed == [[9]]  # block 5 was only ever unsteered; 3 and 7 are prefix hits of "h"
+    assert steering.tainted == {3, 7, 2}
+    # A resumed (preempted) request gets its whole block list again: the computed part is not zeroed.
+    steering.track(_step(cached=_cached(["r"], [[3, 2, 11]], computed=[4], resumed=["r"])))
+    assert zeroed == [[9], [2]]
+
+
+def test_adaptive_verification_is_refused_at_load_time():
+    """Regression (issue 20): the check read runner.adaptive_verification, which vLLM sets only
+    after load (None when the worker installs steering); read what it is built from."""
+    config = SimpleNamespace(
+        parallel_config=SimpleNamespace(), compilation_config=SimpleNamespace(inductor_compile_config={}),
+        device_config=SimpleNamespace(device=SimpleNamespace(type="cpu")), speculative_config=None,
+    )
+    _check_engine(config, SimpleNamespace(adaptive_verification=None))
+    runner = SimpleNamespace(adaptive_verification=None, speculator=SimpleNamespace(enable_adaptive_verification=True))
+    with pytest.raises(UnsupportedEngineError, match="adaptive speculative verification"):
+        _check_engine(config, runner)
+    config.speculative_config = SimpleNamespace(enable_adaptive_verification=True)
+    with pytest.raises(UnsupportedEngineError, match="adaptive speculative verification"):
+        _check_engine(config, SimpleNamespace(adaptive_verification=None))

@@ -210,10 +210,11 @@ TransportArgs prepare_transport(const at::Tensor& weight, const at::Tensor& bias
 
 // Transports n ≤ kRowGroup rows, first0 .. first0 + n − 1, that share one chain of kMaps maps m:
 // y = T_kMaps(… T_1(x)) per element, in registers, each support tested on its own input; row r
-// is written at y + (r − first0)·C with strengths lam[r − first0][0 .. kMaps − 1].
+// is written at y + (r − first0)·C with strengths lam[r − first0][0 .. kMaps − 1]. kMaps = 0
+// copies (every map of the chain at λ = 0). flatten: the norms' row loaders must inline here.
 template <bool kSupport, int kMaps, typename T, typename Load>
-inline void transport_rows_chain(const Load& load, int64_t first0, int64_t n, T* y, int64_t C, const MapRow* m,
-                                 const float (*lam)[kMaxChain]) {
+__attribute__((flatten)) inline void transport_rows_chain(const Load& load, int64_t first0, int64_t n, T* y, int64_t C,
+                                                          const MapRow* m, const float (*lam)[kMaxChain]) {
   for (int64_t c = 0; c < C; c += kStep) {
     const int64_t k = std::min(kStep, C - c);
     for (int64_t i = 0; i < n; ++i) {
@@ -228,26 +229,45 @@ inline void transport_rows_chain(const Load& load, int64_t first0, int64_t n, T*
   }
 }
 
-// transport_row_range for a chain of kMaps maps per row: consecutive rows with the same chain are
-// transported together.
-template <bool kSupport, int kMaps, typename T, typename Load>
+// transport_row_range for a chain of a.S maps per row. A map whose λ is 0 is dropped (exactly the
+// identity, as in the reference), so each group of consecutive rows that share the maps they
+// apply (and which of them are at λ = 0) runs the chain of its A ≤ a.S active maps.
+template <bool kSupport, typename T, typename Load>
 inline void transport_chain_range(const Load& load, T* y, int64_t C, int64_t r0, int64_t r1, const TransportArgs& a,
                                   int64_t rows_per_batch) {
+  const auto active = [&](int64_t batch, MapRow* m, int* pos) {
+    int count = 0;
+    for (int64_t s = 0; s < a.S; ++s) {
+      if (a.lam_for(batch, s) == 0.f) continue;
+      m[count] = a.map_for(batch, s);
+      pos[count++] = static_cast<int>(s);
+    }
+    return count;
+  };
   int64_t r = r0;
   while (r < r1) {
-    MapRow m[kMaps];
-    const int64_t first_batch = r / rows_per_batch;
-    for (int s = 0; s < kMaps; ++s) m[s] = a.map_for(first_batch, s);
+    MapRow m[kMaxChain], other[kMaxChain];
+    int pos[kMaxChain], other_pos[kMaxChain];
+    const int count = active(r / rows_per_batch, m, pos);
     float lam[kRowGroup][kMaxChain];
     int64_t n = 0;
     for (; n < kRowGroup && r + n < r1; ++n) {
       const int64_t batch = (r + n) / rows_per_batch;
-      bool same = true;
-      for (int s = 0; s < kMaps && n > 0; ++s) same = same && a.map_for(batch, s).w == m[s].w;
-      if (!same) break;
-      for (int s = 0; s < kMaps; ++s) lam[n][s] = a.lam_for(batch, s);
+      if (n > 0) {
+        bool same = active(batch, other, other_pos) == count;
+        for (int s = 0; s < count && same; ++s) same = other[s].w == m[s].w && other_pos[s] == pos[s];
+        if (!same) break;
+      }
+      for (int s = 0; s < count; ++s) lam[n][s] = a.lam_for(batch, pos[s]);
     }
-    transport_rows_chain<kSupport, kMaps>(load, r, n, y + (r - r0) * C, C, m, lam);
+    T* yr = y + (r - r0) * C;
+    switch (count) {
+      case 0: transport_rows_chain<kSupport, 0>(load, r, n, yr, C, m, lam); break;
+      case 1: transport_rows_chain<kSupport, 1>(load, r, n, yr, C, m, lam); break;
+      case 2: transport_rows_chain<kSupport, 2>(load, r, n, yr, C, m, lam); break;
+      case 3: transport_rows_chain<kSupport, 3>(load, r, n, yr, C, m, lam); break;
+      default: transport_rows_chain<kSupport, 4>(load, r, n, yr, C, m, lam); break;
+    }
     r += n;
   }
 }
@@ -257,14 +277,7 @@ inline void transport_chain_range(const Load& load, T* y, int64_t C, int64_t r0,
 template <bool kSupport, typename T, typename Load>
 inline void transport_row_range(const Load& load, T* y, int64_t C, int64_t r0, int64_t r1, const TransportArgs& a,
                                 int64_t rows_per_batch) {
-  if (a.chain) {
-    switch (a.S) {
-      case 1: return transport_chain_range<kSupport, 1>(load, y, C, r0, r1, a, rows_per_batch);
-      case 2: return transport_chain_range<kSupport, 2>(load, y, C, r0, r1, a, rows_per_batch);
-      case 3: return transport_chain_range<kSupport, 3>(load, y, C, r0, r1, a, rows_per_batch);
-      default: return transport_chain_range<kSupport, 4>(load, y, C, r0, r1, a, rows_per_batch);
-    }
-  }
+  if (a.chain) return transport_chain_range<kSupport>(load, y, C, r0, r1, a, rows_per_batch);
   int64_t r = r0;
   while (r < r1) {
     const MapRow m = a.map_for(r / rows_per_batch);

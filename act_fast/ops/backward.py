@@ -64,7 +64,7 @@ def chain_backward(
         xr = xf.detach().requires_grad_()
         wr, br = weight.detach().requires_grad_(), bias.detach().requires_grad_()
         sr = None if strength is None else strength.detach().requires_grad_()
-        y = chain_compute(xr, wr, br, scalar_strength if sr is None else sr, lo, hi, map_index, channel_dim)
+        y = chain_compute(xr, wr, br, scalar_strength if sr is None else sr, lo, hi, map_index, channel_dim, drop_zero=False)
         grads = torch.autograd.grad(y, [xr, wr, br] + ([] if sr is None else [sr]), g)
     return grads[0], grads[1], grads[2], None if sr is None else grads[3]
 

@@ -100,12 +100,17 @@ def chain_compute(
     hi: Tensor | None,
     map_index: Tensor,
     channel_dim: int,
+    drop_zero: bool = True,
 ) -> Tensor:
     """The chain ``T_S(… T_1(xf))`` of a ``[B, S]`` ``map_index`` in ``xf``'s (compute) dtype, each
-    map's support tested on its own input; ``channel_dim`` non-negative."""
+    map's support tested on its own input; ``channel_dim`` non-negative. With ``drop_zero`` a map
+    whose λ is 0 is skipped (exactly the identity); without it (for gradients, which must see
+    ``∂y/∂λ`` at λ = 0) it is evaluated."""
     for k in range(map_index.shape[1]):
         w, b, lo_v, hi_v = map_views(weight, bias, lo, hi, map_index[:, k], xf.ndim, channel_dim, xf.dtype)
-        xf = transport_compute(xf, w, b, chain_strength(strength, k, xf, xf.dtype), lo_v, hi_v)
+        lam = chain_strength(strength, k, xf, xf.dtype)
+        y = transport_compute(xf, w, b, lam, lo_v, hi_v)
+        xf = torch.where(lam != 0, y, xf) if drop_zero else y
     return xf
 
 

@@ -232,12 +232,15 @@ def transport_rows_triton(
     x2 = x.reshape(-1, C)  # a view whenever the leading dims collapse; non-unit strides kept
     R = x2.shape[0]
     block_r, block_c, warps = rows_config(R, C, is_f64)
+    num_maps = chain_length(map_index)
+    if num_maps > 2:  # a long chain holds more map values per element: spread the tile over 8 warps (no spills)
+        warps = 8
     grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
     _transport_rows_kernel[grid](
         x2, weight, bias, s_arg, s_scalar, lo_arg, hi_arg, idx_arg, out,
         R, C, x2.stride(0), x2.stride(1), rows_per_batch(x, R),
         HAS_SUPPORT=has_support, STRENGTH_MODE=s_mode, MAP_MODE=map_mode, IS_F64=is_f64,
-        BLOCK_R=block_r, BLOCK_C=block_c, NUM_MAPS=chain_length(map_index), num_warps=warps,
+        BLOCK_R=block_r, BLOCK_C=block_c, NUM_MAPS=num_maps, num_warps=warps,
     )
 
 

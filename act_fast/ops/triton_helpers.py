@@ -130,7 +130,8 @@ if HAS_TRITON:
         """The chain ``T_S(… T_1(h))`` of a ``[BLOCK_R, BLOCK_C]`` tile ``h`` (compute dtype), row
         ``r`` using maps ``map_index[batch[r], 0 .. NUM_MAPS − 1]`` (``[B, S]`` index, ``batch``:
         ``[BLOCK_R]``) with λ per map (``STRENGTH_PER_MAP``), per row or one for all; each map's
-        support is tested on its own input. Evaluated in registers: ``h`` is read and written once."""
+        support is tested on its own input; a map at λ = 0 is dropped. Evaluated in registers: ``h``
+        is read and written once."""
         lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)  # the scalar when PER_MAP
         if STRENGTH_MODE == STRENGTH_PER_ROW:
             lam = lam[:, None]
@@ -139,8 +140,9 @@ if HAS_TRITON:
             if STRENGTH_MODE == STRENGTH_PER_MAP:
                 lam_k = to_compute(tl.load(s_ptr + batch * NUM_MAPS + k), IS_F64)[:, None]
             off = tl.load(idx_ptr + batch * NUM_MAPS + k).to(tl.int64) * C
-            h = transport_tile(h, lam_k, w_ptr, b_ptr, lo_ptr, hi_ptr, off[:, None] + cols[None, :], col_ok[None, :],
+            y = transport_tile(h, lam_k, w_ptr, b_ptr, lo_ptr, hi_ptr, off[:, None] + cols[None, :], col_ok[None, :],
                                HAS_SUPPORT)
+            h = tl.where(lam_k != 0, y, h)  # λ = 0 drops the map exactly (also for non-finite h)
         return h
 
     @triton.jit

@@ -113,6 +113,24 @@ def test_zero_strength_is_the_identity(dtype, backend):
         assert torch.equal(af.ops.affine_transport(x, w, b, 0.0, None, None, map_index=index), x)
 
 
+def test_zero_strength_drops_a_map_exactly_even_for_non_finite_values(backend):
+    """λ_k = 0 drops map k: x = ±inf, NaN and -0.0 pass bit for bit (a support-free identity slot
+    evaluated would give inf − inf = NaN)."""
+    x = torch.tensor([[float("inf"), float("-inf"), float("nan"), -0.0, 1.5, -2.0]] * 2)
+    w, b, _, _ = make_maps(6, False)
+    index = torch.tensor([[0, 3], [2, 0]], dtype=torch.int32)
+    lam = torch.tensor([[0.0, 0.0], [0.0, -0.0]])
+    y = af.ops.affine_transport(x, w, b, lam, map_index=index)
+    assert torch.equal(y.view(torch.int32), x.view(torch.int32))
+    index = torch.tensor([[1, 3], [2, 4]], dtype=torch.int32)
+    lam = torch.tensor([[0.7, 0.0], [0.0, 0.7]])
+    y = af.ops.affine_transport(x, w, b, lam, map_index=index)
+    expected = affine_transport_ref(x, w, b, lam, map_index=index)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)
+    alone = [af.ops.affine_transport(x[r], w[k], b[k], 0.7) for r, k in ((0, 1), (1, 4))]
+    torch.testing.assert_close(y, torch.stack(alone), rtol=0, atol=0, equal_nan=True)
+
+
 def test_per_row_mix_of_chains_single_maps_and_unsteered(backend):
     """One batch: a chain of three, a single map (slot 0 elsewhere), unsteered (all slot 0, λ 0),
     a chain whose middle map has λ = 0 (dropped exactly)."""

@@ -36,11 +36,15 @@ def _chain_strength(lams: Tensor, scale: float | Tensor) -> Tensor:
     """λ per chain position (``[B, S]`` / ``[1, S]``) times the handle's strength (a number, 0-d or
     ``[B]``): ``[B, S]`` or ``[1, S]`` float32."""
     if isinstance(scale, float) or scale.ndim == 0:
-        return lams * scale
-    rows = scale.to(torch.float32).cpu()[:, None]
-    if lams.shape[0] not in (1, rows.shape[0]):
-        raise ValueError(f"per-row strength has {rows.shape[0]} rows but the selected chains have {lams.shape[0]}")
-    return lams * rows
+        combined = lams * (scale if isinstance(scale, float) else scale.to(torch.float32).cpu())
+    else:
+        rows = scale.to(torch.float32).cpu()[:, None]
+        if lams.shape[0] not in (1, rows.shape[0]):
+            raise ValueError(f"per-row strength has {rows.shape[0]} rows but the selected chains have {lams.shape[0]}")
+        combined = lams * rows
+    if not bool(torch.isfinite(combined).all()):
+        raise ValueError("the chains' λ times the strength overflow float32; use smaller values")
+    return combined
 
 
 def _write(buf: Tensor, value: float | Tensor, device: torch.device) -> Tensor:

@@ -197,3 +197,12 @@ def test_compile_does_not_recompile_when_chains_change(llama):
                 assert_close(compiled(input_ids=IDS).logits, llama(input_ids=IDS).logits)
         assert counter.frame_count == 1, "a chain change recompiled"
     torch._dynamo.reset()
+
+
+def test_chain_strength_times_the_scale_must_stay_finite(llama):
+    detox, formal = two_sets(llama)
+    with af.steer(llama, {"detox": detox, "formal": formal}) as h:
+        h.select({"detox": 1e30})
+        with pytest.raises(ValueError, match="overflow float32"):
+            h.set_strength(1e30)
+        assert torch.equal(h.strength, torch.tensor([[1e30, 0.0]]))  # unchanged

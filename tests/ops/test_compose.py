@@ -14,6 +14,7 @@ from tolerances import ALL_DTYPES, FLOAT_DTYPES, assert_close
 
 import act_fast as af
 from act_fast.ops import cpu_kernels, set_backend
+from act_fast.ops.group_norm_transport import group_norm_transport_impl
 from act_fast.ops.norm_transport import layer_norm_transport_impl, rms_norm_transport_impl
 from act_fast.ops.reference import affine_transport_ref, layer_norm_ref, rms_norm_ref
 from act_fast.ops.transport import affine_transport_impl
@@ -309,6 +310,7 @@ BODY_CALLS = {
     "transport": lambda x, w, b, s, idx: affine_transport_impl(x, w, b, s, 0.0, None, None, idx, 1, False),
     "rms": lambda x, w, b, s, idx: rms_norm_transport_impl(x, None, w, b, s, 0.0, None, None, idx, 1e-5, 0.0, True),
     "layer": lambda x, w, b, s, idx: layer_norm_transport_impl(x, None, None, w, b, s, 0.0, None, None, idx, 1e-5),
+    "group": lambda x, w, b, s, idx: group_norm_transport_impl(x.reshape(64, 16, 1, 1), 4, None, None, w, b, s, 0.0, None, None, idx, 1e-5, True),
 }
 
 
@@ -324,7 +326,7 @@ def test_op_bodies_refuse_short_row_buffers(op, buffers, backend):
            "chain": torch.ones(8, 2, dtype=torch.int32)}[buffers]
     if buffers == "chain":
         s = torch.full((8, 2), 0.5)
-    with pytest.raises(ValueError, match=r"per-row (strength|map_index) must .*for x of shape \[64, 16\], got \[8"):
+    with pytest.raises(ValueError, match=r"per-row (strength|map_index) must .*for x of shape \[64, 16(, 1, 1)?\], got \[8"):
         BODY_CALLS[op](x, w, b, s, idx)
 
 

@@ -50,7 +50,7 @@ void rms_kernel(const at::Tensor& x2, const at::Tensor& out, const at::Tensor& s
     at::mean_out(means, at::from_blob(qp, {n, C}, at::kFloat), {1}, false);
     for (int64_t i = 0; i < n; ++i) rstd[i] = 1.0f / std::sqrt(rstd[i] + epsf);
     // the module's output, rounded as the module rounds it, then transported
-    const auto load = [&](int64_t r, int64_t c, int64_t k, Vec& va, Vec& vb) {
+    const auto load = [&](int64_t r, int64_t c, int64_t k, Vec& va, Vec& vb) __attribute__((always_inline)) {
       load2(xp + r * sr + c, k, va, vb);
       const Vec s(rstd[r - r0]);
       va = va * s;

@@ -14,7 +14,8 @@ a step that runs out is killed and reported, and the next one runs):
               (kernels vs reference, per-row λ and map sets, torch.compile without recompiles)
   kernels     run_gpu.py --headline: copy bandwidth, transport, fused norm, statistics update
   decode_b1   run_gpu.py decode_b1 (compiled, static cache) on a reduced-depth Llama-3-8B shape
-  decode_b32  run_gpu.py decode_b32, the same model, 16 map sets over the batch
+  decode_b32  run_gpu.py decode_b32, the same model, 16 map sets over the batch, and 16 different
+              chains of two map sets over the batch (composition, issue 22)
 
 With ``--smoke`` (any machine): the test steps only collect their tests (running them needs
 CUDA, which the summary says), the benchmark steps run ``run_gpu.py --smoke``, and every time
@@ -100,8 +101,8 @@ def plan(cuda: bool, smoke: bool, out: Path, jobs: int) -> list[Step]:
         Step("kernels", "copy, transport, fused norm, statistics (headline shapes)", 80, [*bench, "--sections", "copy,transport,norm,stats"]),
         Step("decode_b1", f"compiled decode, batch 1, {model}", 75,
              [*bench, "--sections", "decode_b1", *depth, "--modes", "fold,fused,op"], depth_note),
-        Step("decode_b32", f"compiled decode, batch 32, {model}, 16 map sets", 75,
-             [*bench, "--sections", "decode_b32", *depth, "--modes", "fused,op,multi16"], depth_note),
+        Step("decode_b32", f"compiled decode, batch 32, {model}, 16 map sets, 16 chains of two", 90,
+             [*bench, "--sections", "decode_b32", *depth, "--modes", "fused,op,multi16,chains16"], depth_note),
     ]
     if smoke:
         for s in steps:

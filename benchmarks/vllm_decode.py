@@ -10,6 +10,9 @@ change of machine load hits every configuration alike:
   plain    vLLM without act_fast configured: the batch unsteered (the reference)
   idle     act_fast with 16 map sets on every RMSNorm site; the batch unsteered (λ = 0 everywhere)
   steered  the same engine; request i steered by map set i mod 16 at λ = 1
+  chains   the same engine; request i composes a chain of ``--chain-length`` map sets (default 2),
+           chain i mod 16: sets i, i + 5, i + 10, i + 15 (mod 16) at λ 1, 0.5, 0.5, 0.5, i.e.
+           16 different chains over the batch (issue 22)
 
 Decode throughput = batch × (T − 1) / (time of generate(max_tokens=T) − time of
 generate(max_tokens=1)), greedy with ignore_eos, median of ``--repeats`` after one warm-up.
@@ -37,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("plain", "idle", "steered")
+CONFIGS = ("plain", "idle", "steered", "chains")
 # Llama shapes (random weights, the test tokenizer's 512-token vocabulary).
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32),
@@ -91,7 +94,12 @@ def serve_config(args: argparse.Namespace) -> None:
     def params(max_tokens: int) -> list:
         out = []
         for i in range(args.batch):
-            extra = {"act_fast_maps": names[i % len(names)], "act_fast_strength": 1.0} if args.config == "steered" else None
+            extra = None
+            if args.config == "steered":
+                extra = {"act_fast_maps": names[i % len(names)], "act_fast_strength": 1.0}
+            elif args.config == "chains":
+                chain = [names[(i + 5 * k) % len(names)] for k in range(args.chain_length)]
+                extra = {"act_fast_maps": {name: 1.0 if k == 0 else 0.5 for k, name in enumerate(chain)}}
             out.append(SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, extra_args=extra))
         return out
 
@@ -117,6 +125,7 @@ class Child:
     def __init__(self, config: str, args: argparse.Namespace, checkpoint: Path, files: Path, log: Path) -> None:
         cmd = [sys.executable, __file__, "--config", config, "--checkpoint", str(checkpoint), "--files", str(files),
                "--dtype", args.dtype, "--batch", str(args.batch), "--max-tokens", str(args.max_tokens),
+               "--chain-length", str(args.chain_length),
                "--kv-cache-bytes", str(args.kv_cache_bytes)]
         self.config, self.log = config, log
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
@@ -149,6 +158,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--map-sets", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--chain-length", type=int, default=2, choices=(1, 2, 3, 4), help="map sets per request in the chains configuration")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--kv-cache-bytes", type=int, default=1 << 28, help="vLLM kv_cache_memory_bytes (0: vLLM's default)")
     p.add_argument("--out", type=Path, default=None)
@@ -202,7 +212,7 @@ def main() -> int:
         "what": "vLLM decode throughput, act_fast steering (benchmarks/vllm_decode.py)",
         "device": device, "platform": platform.platform(), "date": dt.date.today().isoformat(), "commit": commit,
         "vllm": vllm.__version__, "torch": torch.__version__, "shape": args.shape, "dtype": args.dtype, "batch": args.batch,
-        "map_sets": args.map_sets, "max_tokens": args.max_tokens, "repeats": args.repeats,
+        "map_sets": args.map_sets, "max_tokens": args.max_tokens, "repeats": args.repeats, "chain_length": args.chain_length,
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None, "results": results,
     }
     slug = "cuda" if torch.cuda.is_available() else "cpu"

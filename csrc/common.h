@@ -204,40 +204,117 @@ inline void transport_rows(const Load& load, int64_t first0, int64_t n, T* y, in
   }
 }
 
+// Most maps one row composes (a [B, S] map_index, S <= kMaxChain): act_fast.ops.reference.MAX_CHAIN.
+constexpr int64_t kMaxChain = 4;
+
 // The map and strength arguments of a transport op, as float32 host arrays (the tensors own the
 // memory; the pointers are read per row).
 struct TransportArgs {
   at::Tensor w, b, lo, hi;         // [K, C] float32 contiguous (K = 1 without map_index)
-  at::Tensor lam;                  // [B] or [1] float32, or undefined: lam_scalar
-  std::vector<int64_t> map_rows;   // map row per batch row; one entry for a 0-d index; empty: row 0
+  at::Tensor lam;                  // [B], [B, S] or [1] float32, or undefined: lam_scalar
+  std::vector<int64_t> map_rows;   // map row per batch row ([B]) or per (row, chain position) ([B·S]);
+                                   // one entry for a 0-d index; empty: row 0
   float lam_scalar = 0.f;
   int64_t C = 0;
+  int64_t S = 1;                   // maps per row: the chain length of a [B, S] map_index, else 1
+  bool chain = false;              // a [B, S] map_index
+  bool lam_per_map = false;        // a [B, S] strength
   bool has_support = false;
   const float *wp = nullptr, *bp = nullptr, *lop = nullptr, *hip = nullptr, *lamp = nullptr;
   int64_t lam_count = 0;
 
-  MapRow map_for(int64_t batch) const {
-    const int64_t k = map_rows.empty() ? 0 : map_rows[map_rows.size() == 1 ? 0 : batch];
+  // Map s (chain position; 0 without a chain) of batch row `batch`.
+  MapRow map_for(int64_t batch, int64_t s = 0) const {
+    const int64_t k = map_rows.empty() ? 0 : map_rows[map_rows.size() == 1 ? 0 : batch * S + s];
     const int64_t off = k * C;
     return MapRow{wp + off, bp + off, has_support ? lop + off : nullptr, has_support ? hip + off : nullptr};
   }
 
-  float lam_for(int64_t batch) const {
+  float lam_for(int64_t batch, int64_t s = 0) const {
     if (lamp == nullptr) return lam_scalar;
-    return lam_count == 1 ? lamp[0] : lamp[batch];
+    if (lam_count == 1) return lamp[0];
+    return lam_per_map ? lamp[batch * S + s] : lamp[batch];
   }
 };
 
+// batch_rows: x.size(0) (the rows a per-row λ or map_index must have), or 1 for 1-d x. Refuses
+// per-row buffers of any other length (a kernel would read past a shorter one).
 TransportArgs prepare_transport(const at::Tensor& weight, const at::Tensor& bias,
                                 const std::optional<at::Tensor>& strength, double scalar_strength,
                                 const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
-                                const std::optional<at::Tensor>& map_index);
+                                const std::optional<at::Tensor>& map_index, int64_t batch_rows);
+
+// Transports n ≤ kRowGroup rows, first0 .. first0 + n − 1, that share one chain of kMaps maps m:
+// y = T_kMaps(… T_1(x)) per element, in registers, each support tested on its own input; row r
+// is written at y + (r − first0)·C with strengths lam[r − first0][0 .. kMaps − 1]. kMaps = 0
+// copies (every map of the chain at λ = 0). The norms' row loaders are always_inline: not inlined
+// here, a chain of 2 cost 25 % more than one map in the fused RMSNorm.
+template <bool kSupport, int kMaps, typename T, typename Load>
+inline void transport_rows_chain(const Load& load, int64_t first0, int64_t n, T* y, int64_t C,
+                                                          const MapRow* m, const float (*lam)[kMaxChain]) {
+  for (int64_t c = 0; c < C; c += kStep) {
+    const int64_t k = std::min(kStep, C - c);
+    for (int64_t i = 0; i < n; ++i) {
+      Vec a, b;
+      load(first0 + i, c, k, a, b);
+      for (int s = 0; s < kMaps; ++s) {
+        const MapChunk<kSupport> chunk(m[s], c, k);  // L1-resident: the group's rows share it
+        chunk.apply(a, b, Vec(lam[i][s]));
+      }
+      store2(y + i * C + c, k, a, b);
+    }
+  }
+}
+
+// transport_row_range for a chain of a.S maps per row. A map whose λ is 0 is dropped (exactly the
+// identity, as in the reference), so each group of consecutive rows that share the maps they
+// apply (and which of them are at λ = 0) runs the chain of its A ≤ a.S active maps.
+template <bool kSupport, typename T, typename Load>
+inline void transport_chain_range(const Load& load, T* y, int64_t C, int64_t r0, int64_t r1, const TransportArgs& a,
+                                  int64_t rows_per_batch) {
+  const auto active = [&](int64_t batch, MapRow* m, int* pos) {
+    int count = 0;
+    for (int64_t s = 0; s < a.S; ++s) {
+      if (a.lam_for(batch, s) == 0.f) continue;
+      m[count] = a.map_for(batch, s);
+      pos[count++] = static_cast<int>(s);
+    }
+    return count;
+  };
+  int64_t r = r0;
+  while (r < r1) {
+    MapRow m[kMaxChain], other[kMaxChain];
+    int pos[kMaxChain], other_pos[kMaxChain];
+    const int count = active(r / rows_per_batch, m, pos);
+    float lam[kRowGroup][kMaxChain];
+    int64_t n = 0;
+    for (; n < kRowGroup && r + n < r1; ++n) {
+      const int64_t batch = (r + n) / rows_per_batch;
+      if (n > 0) {
+        bool same = active(batch, other, other_pos) == count;
+        for (int s = 0; s < count && same; ++s) same = other[s].w == m[s].w && other_pos[s] == pos[s];
+        if (!same) break;
+      }
+      for (int s = 0; s < count; ++s) lam[n][s] = a.lam_for(batch, pos[s]);
+    }
+    T* yr = y + (r - r0) * C;
+    switch (count) {
+      case 0: transport_rows_chain<kSupport, 0>(load, r, n, yr, C, m, lam); break;
+      case 1: transport_rows_chain<kSupport, 1>(load, r, n, yr, C, m, lam); break;
+      case 2: transport_rows_chain<kSupport, 2>(load, r, n, yr, C, m, lam); break;
+      case 3: transport_rows_chain<kSupport, 3>(load, r, n, yr, C, m, lam); break;
+      default: transport_rows_chain<kSupport, 4>(load, r, n, yr, C, m, lam); break;
+    }
+    r += n;
+  }
+}
 
 // Transports rows [r0, r1) given by load(r, c, k, a, b) (see transport_rows) into y, where row r
-// goes to y + (r − r0)·C. Consecutive rows that use the same map are transported together.
+// goes to y + (r − r0)·C. Consecutive rows that use the same map (chain) are transported together.
 template <bool kSupport, typename T, typename Load>
 inline void transport_row_range(const Load& load, T* y, int64_t C, int64_t r0, int64_t r1, const TransportArgs& a,
                                 int64_t rows_per_batch) {
+  if (a.chain) return transport_chain_range<kSupport>(load, y, C, r0, r1, a, rows_per_batch);
   int64_t r = r0;
   while (r < r1) {
     const MapRow m = a.map_for(r / rows_per_batch);

@@ -50,7 +50,7 @@ void rms_kernel(const at::Tensor& x2, const at::Tensor& out, const at::Tensor& s
     at::mean_out(means, at::from_blob(qp, {n, C}, at::kFloat), {1}, false);
     for (int64_t i = 0; i < n; ++i) rstd[i] = 1.0f / std::sqrt(rstd[i] + epsf);
     // the module's output, rounded as the module rounds it, then transported
-    const auto load = [&](int64_t r, int64_t c, int64_t k, Vec& va, Vec& vb) {
+    const auto load = [&](int64_t r, int64_t c, int64_t k, Vec& va, Vec& vb) __attribute__((always_inline)) {
       load2(xp + r * sr + c, k, va, vb);
       const Vec s(rstd[r - r0]);
       va = va * s;
@@ -100,7 +100,8 @@ void rms_norm_transport_cpu(const at::Tensor& x, const std::optional<at::Tensor>
                             bool cast_before_scale, const at::Tensor& out) {
   check_out(x, out, "act_fast_cpu::rms_norm_transport");
   if (x.numel() == 0) return;
-  const TransportArgs a = prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index);
+  const TransportArgs a =
+      prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index, x.dim() >= 2 ? x.size(0) : 1);
   at::Tensor x2 = x.reshape({-1, a.C});
   TORCH_CHECK(x2.stride(1) == 1 || a.C == 1,
               "act_fast_cpu::rms_norm_transport: x must have unit channel stride (got strides ", x.strides(), ")");
@@ -137,7 +138,8 @@ void layer_norm_transport_cpu(const at::Tensor& x, const std::optional<at::Tenso
                               double eps, const at::Tensor& out) {
   check_out(x, out, "act_fast_cpu::layer_norm_transport");
   if (x.numel() == 0) return;
-  const TransportArgs a = prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index);
+  const TransportArgs a =
+      prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index, x.dim() >= 2 ? x.size(0) : 1);
   const at::Tensor x2 = x.reshape({-1, a.C});
   // As the reference: the module's own computation when the affine parameters have x's dtype,
   // otherwise everything in float32 and one rounding at the end.

@@ -20,9 +20,28 @@ namespace act_fast_cpu {
 TransportArgs prepare_transport(const at::Tensor& weight, const at::Tensor& bias,
                                 const std::optional<at::Tensor>& strength, double scalar_strength,
                                 const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
-                                const std::optional<at::Tensor>& map_index) {
+                                const std::optional<at::Tensor>& map_index, int64_t batch_rows) {
   TransportArgs a;
   a.C = weight.size(-1);
+  const bool has_index = map_index.has_value() && map_index->defined();
+  if (has_index && map_index->dim() == 2) {
+    a.chain = true;
+    a.S = map_index->size(1);
+    TORCH_CHECK_VALUE(a.S >= 1 && a.S <= kMaxChain, "a chain map_index [B, S] composes 1 to ", kMaxChain,
+                      " maps per row, got S = ", a.S);
+  }
+  // Per-row buffers must have one entry per batch row (never fewer: the kernels would read past them).
+  if (has_index && map_index->dim() > 0) {
+    TORCH_CHECK_VALUE(map_index->dim() <= 2 && map_index->size(0) == batch_rows, "per-row map_index must have ",
+                      batch_rows, " rows (one per batch row of x), got shape ", map_index->sizes());
+  }
+  if (strength.has_value() && strength->defined() && strength->dim() > 0) {
+    const bool per_map = strength->dim() == 2;
+    TORCH_CHECK_VALUE(strength->dim() <= 2 && strength->size(0) == batch_rows && (!per_map || (a.chain && strength->size(1) == a.S)),
+                      "per-row strength must have shape [", batch_rows, "]", a.chain ? " or [B, S] like map_index" : "",
+                      " (one entry per batch row of x), got ", strength->sizes());
+    a.lam_per_map = per_map;
+  }
   const auto as_float = [&](const at::Tensor& t) { return t.to(at::kFloat).reshape({-1, a.C}).contiguous(); };
   a.w = as_float(weight);
   a.b = as_float(bias);
@@ -160,7 +179,8 @@ void affine_transport_cpu(const at::Tensor& x, const at::Tensor& weight, const a
   TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(),
               "act_fast_cpu::affine_transport: out must be a contiguous tensor shaped and typed like x");
   if (x.numel() == 0) return;
-  const TransportArgs a = prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index);
+  const TransportArgs a =
+      prepare_transport(weight, bias, strength, scalar_strength, lo, hi, map_index, x.dim() >= 2 ? x.size(0) : 1);
   const int64_t cd = channel_dim < 0 ? channel_dim + x.dim() : channel_dim;
   if (cd == x.dim() - 1 || x.dim() <= 2) {
     at::Tensor x2 = x.reshape({-1, a.C});
@@ -175,6 +195,7 @@ void affine_transport_cpu(const at::Tensor& x, const at::Tensor& weight, const a
     });
     return;
   }
+  TORCH_CHECK_VALUE(!a.chain, "act_fast_cpu::affine_transport: a chain of maps ([B, S] map_index) takes channels-last input only");
   const at::Tensor x3 = x.reshape({x.size(0), x.size(1), -1});
   TORCH_CHECK(x3.stride(2) == 1 || x3.size(2) == 1,
               "act_fast_cpu::affine_transport: conv planes must be contiguous (got strides ", x.strides(), ")");

@@ -11,7 +11,7 @@ Two kinds:
   statistics update at ``[8192, 4096]``. Steering passes λ as a 0-d (or ``[B]``) float32
   tensor, float32 maps and an int32 map index (:mod:`act_fast.steer`), and so do these.
 - **coverage**: small odd shapes for each mode the kernels branch on (dtype, support, λ scalar /
-  0-d / per row, map index none / 0-d / per row, pooled / unpooled planes, multi-tile planes,
+  0-d / per row / per map, map index none / 0-d / per row / chain ``[B, S]``, pooled / unpooled planes, multi-tile planes,
   chunked wide norm rows, strided input, row mask, float64).
 
 Names are stable test ids (the AOT test's expected failures are keyed by them).
@@ -50,13 +50,21 @@ def _maps(C: int, K: int | None, support: bool, device: torch.device) -> tuple[T
     return w, b, torch.full(shape, -1.0, device=device), torch.full(shape, 1.0, device=device)
 
 
-def _strength(kind: str, B: int, device: torch.device) -> float | Tensor:
+def _strength(kind: str, B: int, device: torch.device, maps: str = "none") -> float | Tensor:
     if kind == "scalar":
         return 0.5
     if kind == "0d":
         return torch.tensor(0.5, device=device)
+    if kind == "map":  # one λ per map of a chain: [B, S]
+        return torch.full((B, _chain_length(maps)), 0.5, device=device)
     assert kind == "row", kind
     return torch.full((B,), 0.5, device=device)
+
+
+def _chain_length(maps: str) -> int:
+    """S of a ``chainS`` map-index kind (a ``[B, S]`` index: each row composes S maps)."""
+    assert maps.startswith("chain"), maps
+    return int(maps[len("chain"):])
 
 
 def _map_index(kind: str, B: int, K: int, device: torch.device) -> Tensor | None:
@@ -64,6 +72,9 @@ def _map_index(kind: str, B: int, K: int, device: torch.device) -> Tensor | None
         return None
     if kind == "0d":
         return torch.tensor(1, dtype=torch.int32, device=device)
+    if kind.startswith("chain"):
+        S = _chain_length(kind)
+        return (torch.arange(B * S, dtype=torch.int32, device=device) % K).reshape(B, S)
     assert kind == "row", kind
     return torch.arange(B, dtype=torch.int32, device=device) % K
 
@@ -81,7 +92,7 @@ def transport(shape, dtype="bf16", *, support=True, lam="0d", maps="none", chann
         C = x.shape[channel_dim]
         K = None if maps == "none" else 4
         w, b, lo, hi = _maps(C, K, support, device)
-        s = _strength(lam, x.shape[0], device)
+        s = _strength(lam, x.shape[0], device, maps)
         idx = _map_index(maps, x.shape[0], 4, device)
         kw = {"pool_spatial": pool} if channel_dim == 1 else {}
         return x, lambda: affine_transport(x, w, b, s, lo, hi, channel_dim=channel_dim, map_index=idx, **kw)
@@ -101,7 +112,7 @@ def norm(shape, dtype="bf16", *, kind="rms", affine=True, support=True, lam="0d"
         C = shape[-1]
         K = None if maps == "none" else 4
         w, b, lo, hi = _maps(C, K, support, device)
-        s = _strength(lam, shape[0], device)
+        s = _strength(lam, shape[0], device, maps)
         idx = _map_index(maps, shape[0], 4, device)
         nw = torch.ones(C, dtype=x.dtype, device=device) if affine else None
         nb = torch.zeros(C, dtype=x.dtype, device=device) if affine else None
@@ -166,12 +177,19 @@ WORKLOADS: list[Workload] = [
     Workload("transport-rows-bf16-prefill-4x512x4096", transport(PREFILL, "bf16"), hot=True),
     Workload("transport-rows-bf16-decode-32x1x4096-rowlam-rowmap", transport(DECODE, "bf16", lam="row", maps="row"), hot=True),
     Workload("transport-rows-bf16-decode-32x1x4096-map0d", transport(DECODE, "bf16", maps="0d"), hot=True),
+    # composition: a chain of S maps per row ([B, S] map_index and λ), as steering and vLLM pass it
+    Workload("transport-rows-bf16-decode-32x1x4096-chain2", transport(DECODE, "bf16", lam="map", maps="chain2"), hot=True),
+    Workload("transport-rows-bf16-decode-32x1x4096-chain4", transport(DECODE, "bf16", lam="map", maps="chain4"), hot=True),
+    Workload("transport-rows-bf16-8192x4096-chain4-nosupport", transport(ROWS, "bf16", support=False, lam="map", maps="chain4"), hot=True),
     # --- production: fused norm + transport
     Workload("rmsnorm-bf16-8192x4096", norm(ROWS, "bf16"), hot=True),
     Workload("rmsnorm-fp16-8192x4096", norm(ROWS, "fp16"), hot=True),
     Workload("rmsnorm-fp32-8192x4096", norm(ROWS, "fp32"), hot=True),
     Workload("layernorm-bf16-8192x4096", norm(ROWS, "bf16", kind="layer"), hot=True),
     Workload("rmsnorm-bf16-decode-32x1x4096-rowlam-rowmap", norm(DECODE, "bf16", lam="row", maps="row"), hot=True),
+    Workload("rmsnorm-bf16-decode-32x1x4096-chain2", norm(DECODE, "bf16", lam="map", maps="chain2"), hot=True),
+    Workload("rmsnorm-bf16-decode-32x1x4096-chain4", norm(DECODE, "bf16", lam="map", maps="chain4"), hot=True),
+    Workload("rmsnorm-bf16-8192x4096-chain4", norm(ROWS, "bf16", lam="map", maps="chain4"), hot=True),
     Workload("rmsnorm-bf16-2048x8192", norm((2048, 8192), "bf16"), hot=True),
     Workload("rmsnorm-bf16-1024x16384", norm((1024, 16384), "bf16"), hot=True),
     # --- production: diffusion (conv features)
@@ -199,6 +217,10 @@ WORKLOADS: list[Workload] = [
     Workload("rmsnorm-fp32-odd-map0d", norm((5, 37), "fp32", maps="0d")),
     Workload("rmsnorm-bf16-5x7x24-rowlam", norm((5, 7, 24), "bf16", lam="row")),
     Workload("layernorm-fp16-odd-rowlam-rowmap", norm((5, 3, 37), "fp16", kind="layer", lam="row", maps="row")),
+    Workload("transport-rows-fp32-odd-chain3-rowlam", transport((5, 3, 37), "fp32", lam="row", maps="chain3")),
+    Workload("transport-rows-fp64-odd-chain2", transport((7, 37), "fp64", lam="map", maps="chain2")),
+    Workload("layernorm-fp16-odd-chain3", norm((5, 3, 37), "fp16", kind="layer", lam="map", maps="chain3")),
+    Workload("rmsnorm-bf16-chunked-3x20000-chain2", norm((3, 20000), "bf16", lam="map", maps="chain2")),
     Workload("rmsnorm-bf16-chunked-3x20000", norm((3, 20000), "bf16")),
     Workload("layernorm-fp32-chunked-3x20000", norm((3, 20000), "fp32", kind="layer")),
     Workload("rmsnorm-fp64-odd", norm((5, 37), "fp64")),

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from act_fast.ops.reference import (
+    chain_compute,
     compute_dtype,
     group_normalize,
     layer_normalize,
@@ -44,6 +45,30 @@ def map_grad(t: Tensor, like: Tensor, map_index: Tensor | None, channel_dim: int
     return torch.zeros(like.shape, dtype=per_row.dtype, device=per_row.device).index_add_(0, index, per_row).to(like.dtype)
 
 
+def chain_backward(
+    g: Tensor,
+    xf: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    strength: Tensor | None,
+    scalar_strength: float,
+    lo: Tensor | None,
+    hi: Tensor | None,
+    map_index: Tensor,
+    channel_dim: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`transport_backward` of a chain (``[B, S]`` ``map_index``): autograd through the
+    reference chain (:func:`act_fast.ops.reference.chain_compute`), whose maps and strengths are
+    gathered per position of the chain, so each map gets the sum of its uses."""
+    with torch.enable_grad():
+        xr = xf.detach().requires_grad_()
+        wr, br = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+        sr = None if strength is None else strength.detach().requires_grad_()
+        y = chain_compute(xr, wr, br, scalar_strength if sr is None else sr, lo, hi, map_index, channel_dim, drop_zero=False)
+        grads = torch.autograd.grad(y, [xr, wr, br] + ([] if sr is None else [sr]), g)
+    return grads[0], grads[1], grads[2], None if sr is None else grads[3]
+
+
 def transport_backward(
     g: Tensor,
     xf: Tensor,
@@ -63,6 +88,8 @@ def transport_backward(
     ``x``'s gradient stays in the compute dtype; the others come in their tensor's dtype (the
     strength's is None when ``strength`` is None).
     """
+    if map_index is not None and map_index.ndim == 2:
+        return chain_backward(g, xf, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim)
     cdt = xf.dtype
     cd = channel_dim
     w, b, lo_v, hi_v = map_views(weight, bias, lo, hi, map_index, xf.ndim, cd, cdt)

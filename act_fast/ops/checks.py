@@ -17,7 +17,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from act_fast.ops.reference import Strength
+from act_fast.ops.reference import MAX_CHAIN, Strength
 
 
 def device_problem(device: object) -> str | None:
@@ -111,8 +111,9 @@ def check_support(lo: Tensor | None, hi: Tensor | None, num_channels: int, x: Te
 
 
 def check_map_index(map_index: object, x: Tensor) -> None:
-    """``map_index`` must be None or an int32/int64 tensor on ``x``'s device, 0-d or ``[B]``
-    with ``B = x.shape[0]``. Its values are not read (that would sync the host)."""
+    """``map_index`` must be None or an int32/int64 tensor on ``x``'s device: 0-d, ``[B]`` with
+    ``B = x.shape[0]``, or a chain ``[B, S]`` (``1 ≤ S ≤ MAX_CHAIN``). Its values are not read
+    (that would sync the host)."""
     if map_index is None:
         return
     if not isinstance(map_index, Tensor):
@@ -123,12 +124,42 @@ def check_map_index(map_index: object, x: Tensor) -> None:
         raise ValueError(f"map_index is on {map_index.device} but x is on {x.device}; keep it on the model's device")
     if map_index.ndim == 0:
         return
-    if map_index.ndim != 1 or x.ndim < 2 or map_index.shape[0] != x.shape[0]:
-        rows = f"[{x.shape[0]}]" if x.ndim >= 2 else "a 0-d tensor (x has no batch dim)"
+    if map_index.ndim not in (1, 2) or x.ndim < 2 or map_index.shape[0] != x.shape[0]:
+        rows = f"[{x.shape[0]}] or [{x.shape[0]}, S]" if x.ndim >= 2 else "a 0-d tensor (x has no batch dim)"
         raise ValueError(
-            f"per-row map_index must have shape {rows}, one map per batch row of x {list(x.shape)}, "
-            f"got {list(map_index.shape)}"
+            f"per-row map_index must have shape {rows}, one map (or chain of S maps) per batch row of x "
+            f"{list(x.shape)}, got {list(map_index.shape)}"
         )
+    if map_index.ndim == 2 and not 1 <= map_index.shape[1] <= MAX_CHAIN:
+        raise ValueError(f"a chain map_index [B, S] composes 1 to {MAX_CHAIN} maps per row, got S = {map_index.shape[1]}")
+
+
+def check_chain_layout(x: Tensor, map_index: Tensor | None, channel_dim: int, op: str) -> None:
+    """A chain (``[B, S]`` ``map_index``) is taken on channels-last input only."""
+    if map_index is not None and map_index.ndim == 2 and channel_dim != x.ndim - 1 and x.ndim > 2:
+        raise ValueError(
+            f"{op}: a chain of maps ([B, S] map_index) is applied to channels-last input only, got x of shape "
+            f"{list(x.shape)} with channel_dim={channel_dim} (conv planes take one map per row)"
+        )
+
+
+def check_row_buffers(x: Tensor, strength: Tensor | None, map_index: Tensor | None, op: str) -> None:
+    """The per-row buffers of an op body (called without the public wrapper's checks, e.g. by
+    steering or vLLM) must have one entry per batch row of ``x`` (``x.shape[0]``): never fewer
+    (a kernel would read past them) nor more (rows would get another row's λ or map). Shapes only."""
+    rows = x.shape[0] if x.ndim >= 2 else None
+    chain = None if map_index is None or map_index.ndim != 2 else map_index.shape[1]
+    for name, t in (("strength", strength), ("map_index", map_index)):
+        if t is None or t.ndim == 0:
+            continue
+        expected = [rows] if t.ndim == 1 else [rows, chain]
+        if rows is None or t.ndim > 2 or list(t.shape) != expected or (t.ndim == 2 and name == "strength" and chain is None):
+            want = "a 0-d tensor" if rows is None else f"{expected} (one entry per batch row x.shape[0])"
+            if name == "strength" and rows is not None and chain is not None:
+                want = f"[{rows}] or [{rows}, {chain}] (one entry per batch row x.shape[0], per map of the chain)"
+            raise ValueError(f"{op}: per-row {name} must be {want} for x of shape {list(x.shape)}, got {list(t.shape)}")
+    if chain is not None and not 1 <= chain <= MAX_CHAIN:
+        raise ValueError(f"{op}: a chain map_index [B, S] composes 1 to {MAX_CHAIN} maps per row, got S = {chain}")
 
 
 def check_maps(
@@ -166,12 +197,13 @@ def check_number(value: object, name: str, *, non_negative: bool = False) -> flo
     return v
 
 
-def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, float]:
+def normalize_strength(strength: Strength, x: Tensor, map_index: Tensor | None = None) -> tuple[Tensor | None, float]:
     """Splits λ into ``(tensor, scalar)``: ``(None, s)`` for a number, ``(t, 0.0)`` for a tensor.
 
     A number must be finite (NumPy scalars are numbers). A tensor must be 0-d or ``[B]`` with
-    ``B = x.shape[0]`` (one value per batch row), floating, on ``x``'s device, and finite (checked
-    once per in-place version, see :func:`check_values`).
+    ``B = x.shape[0]`` (one value per batch row) — or ``[B, S]`` (one per map of each row's chain)
+    with a ``[B, S]`` ``map_index`` —, floating, on ``x``'s device, and finite (checked once per
+    in-place version, see :func:`check_values`).
     """
     if not isinstance(strength, Tensor):
         if not is_number(strength):
@@ -181,7 +213,16 @@ def normalize_strength(strength: Strength, x: Tensor) -> tuple[Tensor | None, fl
         raise TypeError(f"strength tensor must be floating-point, got {strength.dtype}")
     if strength.device != x.device:
         raise ValueError(f"strength is on {strength.device} but x is on {x.device}; keep λ on the model's device")
+    chain = map_index is not None and map_index.ndim == 2
+    if chain and strength.ndim == 2 and list(strength.shape) == list(map_index.shape):  # type: ignore[union-attr]
+        check_values(strength=strength)
+        return strength, 0.0
     if strength.ndim != 0 and (strength.ndim != 1 or x.ndim < 2 or strength.shape[0] != x.shape[0]):
+        if chain:
+            raise ValueError(
+                f"strength with a chain map_index {list(map_index.shape)} must be a number, 0-d, [{x.shape[0]}] or "  # type: ignore[union-attr]
+                f"{list(map_index.shape)} (one λ per map of each row's chain), got {list(strength.shape)}"  # type: ignore[union-attr]
+            )
         rows = f"[{x.shape[0]}]" if x.ndim >= 2 else "a 0-d tensor (x has no batch dim)"
         raise ValueError(
             f"per-row strength must have shape {rows}, one value per batch row of x {list(x.shape)}, "
@@ -253,7 +294,7 @@ def _not_finite(name: str, t: Tensor, bad: Tensor) -> str:
     if t.ndim == 0:
         return f"{name} (a 0-d tensor) is NaN or Inf; {what} must be finite"
     if name == "strength":
-        where = "batch rows"
+        where = "[row, chain position] entries" if t.ndim == 2 else "batch rows"
     else:
         where = "channels" if t.ndim == 1 else "[map, channel] entries" if t.ndim == 2 else "entries"
     return f"{name} (shape {list(t.shape)}) holds NaN or Inf at {where} {_first_bad(bad)}; {what} must be finite"
@@ -297,6 +338,6 @@ def check_norm_inputs(
     if norm_bias is not None:
         check_channel_vector(norm_bias, "norm_bias", C, x)
     check_maps(weight, bias, lo, hi, map_index, C, x)
-    s_tensor, s_scalar = normalize_strength(strength, x)
+    s_tensor, s_scalar = normalize_strength(strength, x, map_index)
     check_values(norm_weight=norm_weight, norm_bias=norm_bias, weight=weight, bias=bias, lo=lo, hi=hi)
     return s_tensor, s_scalar

@@ -118,6 +118,8 @@ def group_norm_transport_impl(
     pool_spatial: bool,
 ) -> Tensor:
     """The body of ``act_fast::group_norm_transport`` (arguments validated; see :mod:`.eager`)."""
+    checks.check_row_buffers(x, strength, map_index, "group_norm_transport")
+    checks.check_chain_layout(x, map_index, 1, "group_norm_transport")
     impl = implementation(x)
     if impl == "triton":
         return group_norm_transport_triton(
@@ -223,6 +225,7 @@ def group_norm_transport(
     if not isinstance(pool_spatial, bool):
         raise TypeError(f"pool_spatial must be a bool, got {type(pool_spatial).__name__}")
     s_tensor, s_scalar = checks.check_norm_inputs(x, 1, norm_weight, norm_bias, weight, bias, strength, lo, hi, map_index)
+    checks.check_chain_layout(x, map_index, 1, "group_norm_transport")
     eps = checks.check_number(eps, "eps", non_negative=True)
     return _group_norm_transport_op(
         x, num_groups, norm_weight, norm_bias, weight, bias, s_tensor, s_scalar, lo, hi, map_index, eps, pool_spatial

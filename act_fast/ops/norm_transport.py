@@ -35,6 +35,7 @@ from act_fast.ops.backend import HAS_TRITON, implementation
 from act_fast.ops.backward import norm_transport_backward
 from act_fast.ops.reference import Strength, layer_norm_transport_ref, rms_norm_transport_ref
 from act_fast.ops.triton_helpers import (
+    chain_length,
     map_kernel_args,
     output_like,
     rows_per_batch,
@@ -56,6 +57,7 @@ if HAS_TRITON:
     from act_fast.ops.triton_helpers import (
         STRENGTH_PER_ROW,
         cast_out,
+        chain_tile,
         chan_merge_chunk,
         compute_rsqrt,
         load_strength,
@@ -69,11 +71,14 @@ if HAS_TRITON:
     @triton.jit
     def _norm_map(
         x, mean, rstd, cols, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr, weight_offset,
+        s_ptr, s_scalar, idx_ptr, batch, C,
         RMS: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr, HAS_SUPPORT: tl.constexpr,
         MAP_MODE: tl.constexpr, CAST_BEFORE_SCALE: tl.constexpr, IS_F64: tl.constexpr, OUT_DTYPE: tl.constexpr,
+        STRENGTH_MODE: tl.constexpr, NUM_MAPS: tl.constexpr,
     ):
         """The module's output ``h`` of a ``[BLOCK_R, BLOCK_C]`` tile (rounded to ``OUT_DTYPE``) and
-        its transport; ``mean`` unused for RMS; ``map_off`` the map row offset(s)."""
+        its transport; ``mean`` unused for RMS; ``map_off`` the map row offset(s); with
+        ``NUM_MAPS > 0`` each row's chain (:func:`chain_tile`; ``lam`` and ``map_off`` unused)."""
         if RMS:
             h = x * rstd[:, None]
         else:
@@ -86,6 +91,9 @@ if HAS_TRITON:
         if HAS_NB:
             h = h + to_compute(tl.load(nb_ptr + cols, mask=col_ok, other=0.0), IS_F64)[None, :]
         h = round_to(h, OUT_DTYPE, IS_F64)
+        if NUM_MAPS > 0:
+            return chain_tile(h, s_ptr, s_scalar, idx_ptr, batch, cols, col_ok, C, w_ptr, b_ptr, lo_ptr, hi_ptr,
+                              STRENGTH_MODE, HAS_SUPPORT, IS_F64, NUM_MAPS)
         return transport_tile(h, lam, w_ptr, b_ptr, lo_ptr, hi_ptr, map_tile_offsets(map_off, cols, MAP_MODE), col_ok[None, :], HAS_SUPPORT)
 
     @triton.jit
@@ -94,7 +102,7 @@ if HAS_TRITON:
         R, C, stride_xr, stride_xc, rows_per_batch, eps, weight_offset,
         RMS: tl.constexpr, HAS_NW: tl.constexpr, HAS_NB: tl.constexpr, HAS_SUPPORT: tl.constexpr,
         STRENGTH_MODE: tl.constexpr, MAP_MODE: tl.constexpr, IS_F64: tl.constexpr, CAST_BEFORE_SCALE: tl.constexpr,
-        SINGLE_TILE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        SINGLE_TILE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, NUM_MAPS: tl.constexpr = 0,
     ):
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         row_ok = rows < R
@@ -104,7 +112,7 @@ if HAS_TRITON:
         offs = tl.arange(0, BLOCK_C)
         # padded rows (rows >= R) read the last row's λ and map rather than past the end of a [B] tensor
         batch = tl.minimum(rows, R - 1) // rows_per_batch
-        lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)
+        lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)  # a chain loads its own (NUM_MAPS > 0)
         map_off = map_row_offset(idx_ptr, batch, C, MAP_MODE)
         if STRENGTH_MODE == STRENGTH_PER_ROW:
             lam = lam[:, None]
@@ -123,8 +131,8 @@ if HAS_TRITON:
                 xc = tl.where(ok, x - mean[:, None], 0.0)
                 rstd = compute_rsqrt(tl.sum(xc * xc, axis=1) / C + eps, IS_F64)
             y = _norm_map(x, mean, rstd, offs, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
-                          weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE, CAST_BEFORE_SCALE, IS_F64,
-                          y_ptr.dtype.element_ty)
+                          weight_offset, s_ptr, s_scalar, idx_ptr, batch, C, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE,
+                          CAST_BEFORE_SCALE, IS_F64, y_ptr.dtype.element_ty, STRENGTH_MODE, NUM_MAPS)
             tl.store(y_rows + offs[None, :], cast_out(y, y_ptr.dtype.element_ty), mask=ok)
         else:
             if RMS:
@@ -151,8 +159,8 @@ if HAS_TRITON:
                 ok = row_ok[:, None] & col_ok[None, :]
                 x = to_compute(tl.load(x_rows + cols[None, :] * stride_xc, mask=ok, other=0.0), IS_F64)
                 y = _norm_map(x, mean, rstd, cols, col_ok, lam, map_off, nw_ptr, nb_ptr, w_ptr, b_ptr, lo_ptr, hi_ptr,
-                              weight_offset, RMS, HAS_NW, HAS_NB, HAS_SUPPORT, MAP_MODE, CAST_BEFORE_SCALE, IS_F64,
-                              y_ptr.dtype.element_ty)
+                              weight_offset, s_ptr, s_scalar, idx_ptr, batch, C, RMS, HAS_NW, HAS_NB, HAS_SUPPORT,
+                              MAP_MODE, CAST_BEFORE_SCALE, IS_F64, y_ptr.dtype.element_ty, STRENGTH_MODE, NUM_MAPS)
                 tl.store(y_rows + cols[None, :], cast_out(y, y_ptr.dtype.element_ty), mask=ok)
 
 
@@ -228,7 +236,7 @@ def norm_transport_triton(
         R, C, x2.stride(0), x2.stride(1), rows_per_batch(x, R), float(eps), float(weight_offset),
         RMS=rms, HAS_NW=norm_weight is not None, HAS_NB=norm_bias is not None, HAS_SUPPORT=has_support,
         STRENGTH_MODE=s_mode, MAP_MODE=map_mode, IS_F64=is_f64, CAST_BEFORE_SCALE=cast_before_scale,
-        SINGLE_TILE=single, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+        SINGLE_TILE=single, BLOCK_R=block_r, BLOCK_C=block_c, NUM_MAPS=chain_length(map_index), num_warps=warps,
     )
     return out
 
@@ -248,6 +256,7 @@ def rms_norm_transport_impl(
     cast_before_scale: bool,
 ) -> Tensor:
     """The body of ``act_fast::rms_norm_transport`` (arguments validated; see :mod:`.eager`)."""
+    checks.check_row_buffers(x, strength, map_index, "rms_norm_transport")
     impl = implementation(x)
     if impl == "triton":
         return norm_transport_triton(
@@ -279,6 +288,7 @@ def layer_norm_transport_impl(
     eps: float,
 ) -> Tensor:
     """The body of ``act_fast::layer_norm_transport`` (arguments validated; see :mod:`.eager`)."""
+    checks.check_row_buffers(x, strength, map_index, "layer_norm_transport")
     impl = implementation(x)
     if impl == "triton":
         return norm_transport_triton(
@@ -369,7 +379,8 @@ def rms_norm_transport(
         norm_weight: ``[C]`` RMSNorm weight, or None (no weight).
         weight, bias: ``[C]`` map applied to the normed value; ``[K, C]`` with ``map_index``.
         strength: λ as a finite number, a 0-d tensor, or ``[B]`` with one value per batch row
-            (``B = x.shape[0]``). A tensor λ can be changed in place without recompiling.
+            (``B = x.shape[0]``); ``[B, S]`` with a chain ``map_index``. A tensor λ can be
+            changed in place without recompiling.
         lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds on the normed value, both
             or neither.
         eps: added to ``mean(x²)`` (non-negative).
@@ -378,7 +389,9 @@ def rms_norm_transport(
             weight, as Llama, Mistral, Qwen and Phi-3 do (``weight * x̂.to(input_dtype)``); False
             (Gemma, ``torch.nn.RMSNorm``): scale in float32, round once.
         map_index: None, or an int32/int64 index into the K maps on ``x``'s device: 0-d (one map
-            for every row) or ``[B]`` (map ``map_index[b]`` for ``x[b]``). Values must lie in
+            for every row), ``[B]`` (map ``map_index[b]`` for ``x[b]``) or ``[B, S]`` (``S ≤ 4``:
+            the chain ``T_S(… T_1(h))`` of the normed value, as in
+            :func:`act_fast.ops.affine_transport`). Values must lie in
             ``[0, K)`` and are not checked (see :func:`act_fast.ops.affine_transport`).
 
     Returns:
@@ -427,8 +440,8 @@ def layer_norm_transport(
         lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds on the normed value, both
             or neither.
         eps: added to the variance (non-negative).
-        map_index: None, or a 0-d / ``[B]`` int32/int64 index into the K maps, as in
-            :func:`rms_norm_transport`.
+        map_index: None, or a 0-d / ``[B]`` / ``[B, S]`` (chain) int32/int64 index into the K
+            maps, as in :func:`rms_norm_transport`.
 
     Returns:
         ``y`` with ``x``'s shape and dtype, contiguous.

@@ -78,6 +78,42 @@ def transport_compute(
     return y if inside is None else torch.where(inside, y, xf)
 
 
+MAX_CHAIN = 4
+"""The most maps one row may compose (``map_index [B, S]`` with ``S ≤ MAX_CHAIN``): a compile-time
+constant of the kernels."""
+
+
+def chain_strength(strength: Strength, k: int, x: Tensor, cdt: torch.dtype) -> Tensor:
+    """λ of the ``k``-th map of a chain, broadcastable against ``x``: column ``k`` of a ``[B, S]``
+    strength, else the strength itself (one λ per row, or one for all)."""
+    if isinstance(strength, Tensor) and strength.ndim == 2:
+        strength = strength[:, k]
+    return strength_tensor(strength, x, cdt)
+
+
+def chain_compute(
+    xf: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    strength: Strength,
+    lo: Tensor | None,
+    hi: Tensor | None,
+    map_index: Tensor,
+    channel_dim: int,
+    drop_zero: bool = True,
+) -> Tensor:
+    """The chain ``T_S(… T_1(xf))`` of a ``[B, S]`` ``map_index`` in ``xf``'s (compute) dtype, each
+    map's support tested on its own input; ``channel_dim`` non-negative. With ``drop_zero`` a map
+    whose λ is 0 is skipped (exactly the identity); without it (for gradients, which must see
+    ``∂y/∂λ`` at λ = 0) it is evaluated."""
+    for k in range(map_index.shape[1]):
+        w, b, lo_v, hi_v = map_views(weight, bias, lo, hi, map_index[:, k], xf.ndim, channel_dim, xf.dtype)
+        lam = chain_strength(strength, k, xf, xf.dtype)
+        y = transport_compute(xf, w, b, lam, lo_v, hi_v)
+        xf = torch.where(lam != 0, y, xf) if drop_zero else y
+    return xf
+
+
 def map_views(
     weight: Tensor,
     bias: Tensor,
@@ -129,22 +165,26 @@ def affine_transport_ref(
     Args:
         x: ``[..., C]`` (``channel_dim=-1``) or ``[B, C, *spatial]`` (``channel_dim=1``).
         weight, bias: ``[C]``, or ``[K, C]`` (K maps) with ``map_index``.
-        strength: float, 0-d tensor, or ``[B]`` (one value per batch row ``x.shape[0]``).
+        strength: float, 0-d tensor, or ``[B]`` (one value per batch row ``x.shape[0]``); with a
+            ``[B, S]`` ``map_index`` also ``[B, S]`` (one λ per map of the chain).
         lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds or None (no support).
         channel_dim: -1 (channels last) or 1 (conv features).
         pool_spatial: with ``channel_dim=1``: evaluate support and map on the spatial mean ``m``
             and add ``λ((w - 1) m + b)`` to every position. Without it (``channel_dim=1``) the map
             is per position and only the support is tested on the spatial mean.
-        map_index: None, or an int32/int64 index into the K maps: 0-d (one map for every row) or
-            ``[B]`` (map ``map_index[b]`` for batch row ``b``).
+        map_index: None, or an int32/int64 index into the K maps: 0-d (one map for every row),
+            ``[B]`` (map ``map_index[b]`` for batch row ``b``) or ``[B, S]`` (the chain
+            ``map_index[b, 0], …`` for row ``b``; channels last only).
 
     Returns:
         Tensor shaped and typed like ``x``.
     """
     cdt = compute_dtype(x.dtype)
     xf = x.to(cdt)
-    lam = strength_tensor(strength, x, cdt)
     cd = channel_dim % x.ndim
+    if map_index is not None and map_index.ndim == 2:
+        return chain_compute(xf, weight, bias, strength, lo, hi, map_index, cd).to(x.dtype)
+    lam = strength_tensor(strength, x, cdt)
     w, b, lo_v, hi_v = map_views(weight, bias, lo, hi, map_index, x.ndim, cd, cdt)
     if cd == x.ndim - 1 or x.ndim <= 2:
         return transport_compute(xf, w, b, lam, lo_v, hi_v).to(x.dtype)

@@ -31,6 +31,7 @@ from act_fast.ops.backend import HAS_TRITON, implementation
 from act_fast.ops.backward import transport_backward
 from act_fast.ops.reference import Strength, affine_transport_ref, compute_dtype
 from act_fast.ops.triton_helpers import (
+    chain_length,
     map_kernel_args,
     output_like,
     rows_per_batch,
@@ -51,6 +52,7 @@ if HAS_TRITON:
     from act_fast.ops.triton_helpers import (
         STRENGTH_PER_ROW,
         cast_out,
+        chain_tile,
         compute_rsqrt,
         load_strength,
         map_row_offset,
@@ -65,7 +67,7 @@ if HAS_TRITON:
         x_ptr, w_ptr, b_ptr, s_ptr, s_scalar, lo_ptr, hi_ptr, idx_ptr, y_ptr,
         R, C, stride_xr, stride_xc, rows_per_batch,
         HAS_SUPPORT: tl.constexpr, STRENGTH_MODE: tl.constexpr, MAP_MODE: tl.constexpr, IS_F64: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, NUM_MAPS: tl.constexpr = 0,
     ):
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -75,11 +77,15 @@ if HAS_TRITON:
         # Clamped: rows past R (tile padding) must not index past the end of a [B] strength or map_index.
         batch = tl.minimum(rows, R - 1) // rows_per_batch
         x = to_compute(tl.load(x_ptr + rows64[:, None] * stride_xr + cols[None, :] * stride_xc, mask=ok, other=0.0), IS_F64)
-        map_offs = map_tile_offsets(map_row_offset(idx_ptr, batch, C, MAP_MODE), cols, MAP_MODE)
-        lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)
-        if STRENGTH_MODE == STRENGTH_PER_ROW:
-            lam = lam[:, None]
-        y = transport_tile(x, lam, w_ptr, b_ptr, lo_ptr, hi_ptr, map_offs, col_ok[None, :], HAS_SUPPORT)
+        if NUM_MAPS > 0:  # a chain per row ([B, S] map_index)
+            y = chain_tile(x, s_ptr, s_scalar, idx_ptr, batch, cols, col_ok, C, w_ptr, b_ptr, lo_ptr, hi_ptr,
+                           STRENGTH_MODE, HAS_SUPPORT, IS_F64, NUM_MAPS)
+        else:
+            map_offs = map_tile_offsets(map_row_offset(idx_ptr, batch, C, MAP_MODE), cols, MAP_MODE)
+            lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)
+            if STRENGTH_MODE == STRENGTH_PER_ROW:
+                lam = lam[:, None]
+            y = transport_tile(x, lam, w_ptr, b_ptr, lo_ptr, hi_ptr, map_offs, col_ok[None, :], HAS_SUPPORT)
         tl.store(y_ptr + rows64[:, None] * C + cols[None, :], cast_out(y, y_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
@@ -226,12 +232,15 @@ def transport_rows_triton(
     x2 = x.reshape(-1, C)  # a view whenever the leading dims collapse; non-unit strides kept
     R = x2.shape[0]
     block_r, block_c, warps = rows_config(R, C, is_f64)
+    num_maps = chain_length(map_index)
+    if num_maps > 2:  # a long chain holds more map values per element: spread the tile over 8 warps (no spills)
+        warps = 8
     grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
     _transport_rows_kernel[grid](
         x2, weight, bias, s_arg, s_scalar, lo_arg, hi_arg, idx_arg, out,
         R, C, x2.stride(0), x2.stride(1), rows_per_batch(x, R),
         HAS_SUPPORT=has_support, STRENGTH_MODE=s_mode, MAP_MODE=map_mode, IS_F64=is_f64,
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+        BLOCK_R=block_r, BLOCK_C=block_c, NUM_MAPS=num_maps, num_warps=warps,
     )
 
 
@@ -319,6 +328,8 @@ def _transport_impl(
     out: Tensor | None,
 ) -> Tensor:
     """The transport on the implementation :func:`act_fast.ops.backend.implementation` picks."""
+    checks.check_row_buffers(x, strength, map_index, "affine_transport")
+    checks.check_chain_layout(x, map_index, channel_dim, "affine_transport")
     impl = implementation(x)
     if impl == "triton":
         return affine_transport_triton(x, weight, bias, strength, scalar_strength, lo, hi, map_index, channel_dim, pool_spatial, out)
@@ -429,7 +440,8 @@ def affine_transport(
         weight, bias: ``[C]`` floating tensors on ``x``'s device; ``[K, C]`` (K maps) with
             ``map_index``.
         strength: λ as a finite number (Python or NumPy), a 0-d tensor, or ``[B]`` with one value
-            per batch row (``B = x.shape[0]``). A tensor λ can be changed in place without
+            per batch row (``B = x.shape[0]``); with a ``[B, S]`` ``map_index`` also ``[B, S]``
+            (one λ per map of each row's chain). A tensor λ can be changed in place without
             recompiling; its values are checked (finite) once per in-place version.
         lo, hi: ``[C]`` (``[K, C]`` with ``map_index``) support bounds, both or neither (None:
             transport everywhere); ``lo ≤ hi`` (``lo == hi``: the map never applies there).
@@ -440,7 +452,10 @@ def affine_transport(
             on the plane's mean.
         map_index: None (one ``[C]`` map), or an int32/int64 tensor on ``x``'s device selecting
             among K maps: 0-d (map ``map_index`` for every row) or ``[B]`` (map ``map_index[b]``
-            for batch row ``b``, i.e. for ``x[b]``; combines with a per-row λ). Its values must
+            for batch row ``b``, i.e. for ``x[b]``; combines with a per-row λ), or ``[B, S]``
+            (``S ≤ 4``, channels last only): row ``b`` composes the chain ``y = T_S(… T_1(x))`` of
+            maps ``map_index[b, 0], …, map_index[b, S − 1]``, each map's support tested on its
+            own input, in one read of ``x`` and one write of ``y``. Its values must
             lie in ``[0, K)``; they are not checked (that would sync the host): on the Triton path
             an index out of range reads out of bounds, the torch path raises IndexError. Changing
             its values in place never recompiles. ``weight``/``bias`` get ``[K, C]`` gradients.
@@ -460,7 +475,8 @@ def affine_transport(
     checks.check_input(x)
     cd = checks.normalize_channel_dim(x, channel_dim, pool_spatial)
     checks.check_maps(weight, bias, lo, hi, map_index, x.shape[cd], x)
-    s_tensor, s_scalar = checks.normalize_strength(strength, x)
+    checks.check_chain_layout(x, map_index, cd, "affine_transport")
+    s_tensor, s_scalar = checks.normalize_strength(strength, x, map_index)
     checks.check_values(weight=weight, bias=bias, lo=lo, hi=hi)
     if out is None:
         return _affine_transport_op(x, weight, bias, s_tensor, s_scalar, lo, hi, map_index, cd, pool_spatial)

@@ -25,6 +25,8 @@ if HAS_TRITON:
     STRENGTH_SCALAR = tl.constexpr(0)
     STRENGTH_TENSOR = tl.constexpr(1)
     STRENGTH_PER_ROW = tl.constexpr(2)
+    # One λ per map of each row's chain ([B, S] strength with a [B, S] map_index).
+    STRENGTH_PER_MAP = tl.constexpr(3)
     # MAP_MODE: one [C] map, one of K maps for every row (0-d map_index), one map per batch row.
     MAP_NONE = tl.constexpr(0)
     MAP_ONE = tl.constexpr(1)
@@ -122,6 +124,28 @@ if HAS_TRITON:
         return y
 
     @triton.jit
+    def chain_tile(h, s_ptr, s_scalar, idx_ptr, batch, cols, col_ok, C, w_ptr, b_ptr, lo_ptr, hi_ptr,
+                   STRENGTH_MODE: tl.constexpr, HAS_SUPPORT: tl.constexpr, IS_F64: tl.constexpr,
+                   NUM_MAPS: tl.constexpr):
+        """The chain ``T_S(… T_1(h))`` of a ``[BLOCK_R, BLOCK_C]`` tile ``h`` (compute dtype), row
+        ``r`` using maps ``map_index[batch[r], 0 .. NUM_MAPS − 1]`` (``[B, S]`` index, ``batch``:
+        ``[BLOCK_R]``) with λ per map (``STRENGTH_PER_MAP``), per row or one for all; each map's
+        support is tested on its own input; a map at λ = 0 is dropped. Evaluated in registers: ``h``
+        is read and written once."""
+        lam = load_strength(s_ptr, s_scalar, batch, STRENGTH_MODE, IS_F64)  # the scalar when PER_MAP
+        if STRENGTH_MODE == STRENGTH_PER_ROW:
+            lam = lam[:, None]
+        for k in tl.static_range(NUM_MAPS):
+            lam_k = lam
+            if STRENGTH_MODE == STRENGTH_PER_MAP:
+                lam_k = to_compute(tl.load(s_ptr + batch * NUM_MAPS + k), IS_F64)[:, None]
+            off = tl.load(idx_ptr + batch * NUM_MAPS + k).to(tl.int64) * C
+            y = transport_tile(h, lam_k, w_ptr, b_ptr, lo_ptr, hi_ptr, off[:, None] + cols[None, :], col_ok[None, :],
+                               HAS_SUPPORT)
+            h = tl.where(lam_k != 0, y, h)  # λ = 0 drops the map exactly (also for non-finite h)
+        return h
+
+    @triton.jit
     def chan_merge_chunk(mean, m2, x, ok, start, n, BLOCK: tl.constexpr):
         """Merges the chunk of ``n`` values per row that starts at ``start`` (``x: [ROWS, BLOCK]``,
         0 where not ``ok``) into per-row ``(mean, M2)`` (``[ROWS]``): Chan's merge of the chunk's
@@ -149,14 +173,22 @@ def strength_kernel_args(
         strength = torch.tensor(scalar, dtype=torch.float64, device=placeholder.device)
     if strength is None:
         return placeholder, scalar, STRENGTH_SCALAR.value
-    return strength, 0.0, (STRENGTH_PER_ROW if strength.ndim == 1 else STRENGTH_TENSOR).value
+    mode = {0: STRENGTH_TENSOR, 1: STRENGTH_PER_ROW, 2: STRENGTH_PER_MAP}[strength.ndim]
+    # the kernels index λ as a dense array (a column of a [B, S] tensor is strided)
+    return strength.contiguous(), 0.0, mode.value
 
 
 def map_kernel_args(map_index: Tensor | None, placeholder: Tensor) -> tuple[Tensor, int]:
-    """``(idx_ptr, MAP_MODE)`` kernel arguments; ``placeholder`` fills an unused pointer."""
+    """``(idx_ptr, MAP_MODE)`` kernel arguments; ``placeholder`` fills an unused pointer. A chain
+    (``[B, S]`` index) is ``MAP_PER_ROW`` with ``NUM_MAPS = S`` (:func:`chain_length`)."""
     if map_index is None:
         return placeholder, MAP_NONE.value
-    return map_index, (MAP_PER_ROW if map_index.ndim == 1 else MAP_ONE).value
+    return map_index.contiguous(), (MAP_ONE if map_index.ndim == 0 else MAP_PER_ROW).value
+
+
+def chain_length(map_index: Tensor | None) -> int:
+    """``NUM_MAPS``: the maps each row composes (``S`` of a ``[B, S]`` index), 0 without a chain."""
+    return map_index.shape[1] if map_index is not None and map_index.ndim == 2 else 0
 
 
 def support_kernel_args(lo: Tensor | None, hi: Tensor | None, placeholder: Tensor) -> tuple[Tensor, Tensor, bool]:

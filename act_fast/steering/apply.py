@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from act_fast.modeling import module_device
+from act_fast.ops.reference import MAX_CHAIN
+from act_fast.steering.chains import chain_tensors, chain_width, finite_strength
 from act_fast.steering.control import StrengthControl, check_strength_range
 from act_fast.steering.fold import FoldedSite
 from act_fast.steering.fused import FusedSite
@@ -17,10 +19,24 @@ from act_fast.steering.site import SteeredSite
 INSTALLERS: dict[str, type[SteeredSite]] = {"fold": FoldedSite, "fused": FusedSite, "op": OpSite}
 
 
+def _chain_of(maps: list | tuple, strength: object) -> tuple[dict, list[float], float | Tensor]:
+    """A list of map sets (the whole-model chain, in order): ``(sets named "0", "1", …, λ per set,
+    the handle's strength)``; ``strength`` is a list of one λ per set, or a number / tensor that is
+    every set's λ (kept as the handle's strength, the sets' λ at 1)."""
+    if not 1 <= len(maps) <= MAX_CHAIN:
+        raise ValueError(f"a chain of map sets composes 1 to {MAX_CHAIN} sets, got {len(maps)}")
+    sets = {str(k): m for k, m in enumerate(maps)}
+    if isinstance(strength, (list, tuple)):
+        if len(strength) != len(maps):
+            raise ValueError(f"strength has {len(strength)} values for a chain of {len(maps)} map sets {list(sets)}; give one per set")
+        return sets, [finite_strength(v, f"strength for map set {k}") for k, v in enumerate(strength)], 1.0
+    return sets, [1.0] * len(maps), strength  # type: ignore[return-value]
+
+
 def steer(
     model: nn.Module,
-    maps: MapSets,
-    strength: float | Tensor = 1.0,
+    maps: MapSets | list | tuple,
+    strength: float | Tensor | list[float] = 1.0,
     mode: str = "auto",
     *,
     pool_spatial: bool = True,
@@ -32,10 +48,13 @@ def steer(
         model: a transformers / diffusers model or any ``nn.Module``, already on its devices
             (``device_map`` placements are fine: each site's maps go to its module's device).
         maps: a :class:`act_fast.SteeringMaps` (or a dict site → :class:`act_fast.AffineMap`), or a
-            dict name → SteeringMaps for per-request steering: one map set chosen per batch row
-            with :meth:`SteeringHandle.select` (rows start unsteered).
-        strength: λ, a finite number or a ``[B]`` tensor (one per batch row); see
-            :meth:`SteeringHandle.set_strength`.
+            dict name → SteeringMaps for per-request steering: one map set, or an ordered chain of
+            them, chosen per batch row with :meth:`SteeringHandle.select` (rows start
+            unsteered); or a list of up to 4 map sets: one chain for the whole model,
+            ``y = T_K(… T_1(x))`` at every site (sets named ``"0"``, ``"1"``, …; support-free
+            chains fold into the weights).
+        strength: λ, a finite number or a ``[B]`` tensor (one per batch row); with a list of map
+            sets also a list of one λ per set; see :meth:`SteeringHandle.set_strength`.
         mode: ``"auto"`` (per site: fold when possible, else fused for norms, else op), or
             ``"fold"`` / ``"fused"`` / ``"op"`` for every site (an error lists the sites that
             cannot take it). :meth:`SteeringHandle.explain` says what was chosen and why.
@@ -61,9 +80,15 @@ def steer(
             (all mismatches listed), a site already steered, sites that cannot take ``mode``, or
             a strength outside ``strength_range``.
     """
+    chain = isinstance(maps, (list, tuple))
+    lams: list[float] = []
+    if chain:
+        maps, lams, strength = _chain_of(maps, strength)  # type: ignore[arg-type]
+    elif isinstance(strength, (list, tuple)):
+        raise ValueError("a list of strengths (one per map set) goes with a list of map sets, steer(model, [m1, m2], strength=[0.8, 0.5])")
     per_row = isinstance(strength, Tensor) and strength.ndim == 1
     check_strength_range(strength_range)
-    plans = plan(model, maps, mode, per_row, pool_spatial=pool_spatial)
+    plans = plan(model, maps, mode, per_row, pool_spatial=pool_spatial, chain=chain)  # type: ignore[arg-type]
     busy = [p.site for p in plans if p.context.module in STEERED]
     if busy:
         raise ValueError(f"sites {busy[:4]} are already steered by another handle; remove it first")
@@ -80,8 +105,12 @@ def steer(
             site = INSTALLERS[p.mode](p.context, devices[p.site], bank, control)  # type: ignore[index]
             site.guard()
             sites.append(site)
-        handle = SteeringHandle(sites, plans, control, list(sets) if multi else [])
-        handle.set_strength(strength)
+        handle = SteeringHandle(sites, plans, control, list(sets) if multi else [], chain=chain)
+        if chain:
+            slots, lam_t = chain_tensors([[(k + 1, lam) for k, lam in enumerate(lams)]], chain_width(len(sets)))
+            control.chain = (slots, lam_t)
+            control.set_slots(slots)
+        handle.set_strength(strength)  # type: ignore[arg-type]
     except BaseException:
         for site in sites:
             site.remove()

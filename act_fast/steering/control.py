@@ -69,6 +69,28 @@ def _valid_strength(strength: float | Tensor, strength_range: StrengthRange | No
     return value
 
 
+def _chain_strength(lams: Tensor, scale: float | Tensor, strength_range: StrengthRange | None = None) -> Tensor:
+    """λ per chain position (``[B, S]`` / ``[1, S]``) times the handle's strength (a number, 0-d or
+    ``[B]``): ``[B, S]`` or ``[1, S]`` float32, each product finite and inside ``strength_range``."""
+    if isinstance(scale, float) or scale.ndim == 0:
+        combined = lams * (scale if isinstance(scale, float) else scale.to(torch.float32).cpu())
+    else:
+        rows = scale.to(torch.float32).cpu()[:, None]
+        if lams.shape[0] not in (1, rows.shape[0]):
+            raise ValueError(f"per-row strength has {rows.shape[0]} rows but the selected chains have {lams.shape[0]}")
+        combined = lams * rows
+    if not bool(torch.isfinite(combined).all()):
+        raise ValueError("the chains' λ times the strength overflow float32; use smaller values")
+    if strength_range is not None:
+        outside = (combined < strength_range[0]) | (combined > strength_range[1])
+        if bool(outside.any()):
+            raise ValueError(
+                f"a chain's λ times the strength is outside the allowed range [{strength_range[0]:g}, {strength_range[1]:g}] "
+                f"at [row, chain position] entries {outside.nonzero()[:8].tolist()} (the strength_range given to steer())"
+            )
+    return combined
+
+
 def _write(buf: Tensor, value: float | Tensor, device: torch.device) -> Tensor:
     """``value`` written into ``buf`` in place when the shape allows (no recompile), else a new tensor."""
     if isinstance(value, float):
@@ -84,7 +106,13 @@ def _write(buf: Tensor, value: float | Tensor, device: torch.device) -> Tensor:
 class StrengthControl:
     """λ (float32, 0-d or ``[B]``) and, with several map sets, the map slot of each row (int32,
     0-d or ``[B]``; slot 0 is the identity), per device. ``strength_range``: the λ it accepts
-    (None: any finite λ)."""
+    (None: any finite λ).
+
+    With a chain selection (:mod:`act_fast.steering.chains`) the slots are ``[B, S]`` or ``[1, S]``
+    and the device λ is the chain's λ per position times the handle's strength (``[B, S]`` or
+    ``[1, S]``; each product inside ``strength_range``); :attr:`chain` keeps the host copies
+    ``(slots, λ per position)``.
+    """
 
     def __init__(self, devices: Iterable[torch.device], multi: bool, strength_range: StrengthRange | None = None) -> None:
         self.strength_range = check_strength_range(strength_range)
@@ -93,17 +121,32 @@ class StrengthControl:
         self.index: dict[torch.device, Tensor] | None = (
             {d: torch.zeros((), dtype=torch.int32, device=d) for d in devices} if multi else None
         )
+        self.chain: tuple[Tensor, Tensor] | None = None
+        self.scale: float | Tensor = 0.0  # the handle's strength as last set
 
     def tensors(self, device: torch.device) -> tuple[Tensor, Tensor | None]:
         """``(λ, map slot or None)`` on ``device``."""
         return self.strength[device], None if self.index is None else self.index[device]
 
     def set_strength(self, strength: float | Tensor) -> float | Tensor:
-        """Validates λ and writes it on every device; returns the validated value."""
+        """Validates λ and writes it on every device (times the chain's λ per position when a chain
+        is selected); returns the validated value."""
         value = _valid_strength(strength, self.strength_range)
+        combined = value if self.chain is None else _chain_strength(self.chain[1], value, self.strength_range)
         for device, buf in list(self.strength.items()):
-            self.strength[device] = _write(buf, value, device)
+            self.strength[device] = _write(buf, combined, device)
+        self.scale = value
         return value
+
+    def set_chain(self, slots: Tensor | None, lams: Tensor | None) -> None:
+        """Selects chains (host ``slots`` int32 and ``lams`` float32, ``[B, S]`` or ``[1, S]``), or
+        leaves chain mode (None, None); rewrites the slots and λ on every device."""
+        if slots is not None and lams is not None:
+            _chain_strength(lams, self.scale, self.strength_range)  # refuse a [B] strength of another batch before writing
+        self.chain = None if slots is None else (slots, lams)  # type: ignore[assignment]
+        if slots is not None:
+            self.set_slots(slots)
+        self.set_strength(self.scale)
 
     def set_slots(self, slots: Tensor) -> None:
         """Writes the per-row map slots (int32, 0-d or ``[B]``) on every device."""

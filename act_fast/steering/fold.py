@@ -22,7 +22,28 @@ import torch
 from torch import Tensor, nn
 
 from act_fast.integrations import FoldTarget
+from act_fast.steering.control import StrengthControl
+from act_fast.steering.mapsets import MapBank
 from act_fast.steering.site import SiteContext, SteeredSite
+
+
+def composed_shift(bank: MapBank, control: StrengthControl, strength: Tensor) -> tuple[Tensor, Tensor]:
+    """``(d, e)`` with the site's steering ``y' = (1 + d) y + e`` per channel (``[C]``).
+
+    One map: ``d = λ (w − 1)``, ``e = λ b``. A whole-model chain (support-free maps, one ``[1, S]``
+    selection): the maps composed in order, ``d ← d + d_k + d_k d``, ``e ← e + d_k e + λ_k b_k``
+    (``d_k = λ_k (w_k − 1)``), which for one map is the same arithmetic as above.
+    """
+    if control.chain is None:
+        return strength * (bank.weight.float() - 1.0), strength * bank.bias.float()
+    slots = control.chain[0][0].tolist()
+    d = torch.zeros_like(bank.weight[0], dtype=torch.float32)
+    e = torch.zeros_like(d)
+    for k, slot in enumerate(slots):
+        lam = strength[0, k]
+        dk = lam * (bank.weight[slot].float() - 1.0)
+        d, e = d + dk + dk * d, e + dk * e + lam * bank.bias[slot].float()
+    return d, e
 
 
 def refuse_fold(ctx: SiteContext) -> str | None:
@@ -31,7 +52,7 @@ def refuse_fold(ctx: SiteContext) -> str | None:
         return ctx.fold
     if any(m.lo is not None for m in ctx.maps):
         return "the map has a support"
-    if ctx.multi or ctx.per_row:
+    if (ctx.multi and not ctx.chain) or ctx.per_row:
         return "rows do not all share one map and λ"
     if ctx.fold.shift is None and any(bool((m.bias != 0).any()) for m in ctx.maps):
         return "the map has a bias but the module has no bias parameter"
@@ -64,14 +85,14 @@ class FoldedSite(SteeredSite):
     def _folded(self, key: str) -> Tensor:
         """The folded value of parameter ``key`` at the current λ, in float32 (the shape of the original)."""
         strength, _ = self.control.tensors(self.device)
-        d = strength * (self.bank.weight.float() - 1.0)  # λ (w − 1), [C]
+        d, e = composed_shift(self.bank, self.control, strength)  # y' = (1 + d) y + e, [C]
         if key == "scale":
             scale = self.originals["scale"].float()
             view = [1] * scale.ndim
             view[self.target.axis] = self.bank.channels
             return scale + (scale + self.target.offset) * d.reshape(view)
         shift = self.originals["shift"].float()
-        return shift + shift * d + strength * self.bank.bias.float()
+        return shift + shift * d + e
 
     def refold(self) -> None:
         """Writes the folded parameters for the current λ (0-d, on the site's device)."""

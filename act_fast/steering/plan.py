@@ -81,7 +81,9 @@ def check_model(model: nn.Module, sets: Mapping[str, SteeringMaps]) -> None:
         maps.check_model(model, {site: module_channels(modules[site]) for site in maps if site in modules}, modules)
 
 
-def plan(model: nn.Module, maps: MapSets, mode: str = "auto", per_row: bool = False, *, pool_spatial: bool = True) -> list[SitePlan]:
+def plan(
+    model: nn.Module, maps: MapSets, mode: str = "auto", per_row: bool = False, *, pool_spatial: bool = True, chain: bool = False
+) -> list[SitePlan]:
     """The steering plan of ``maps`` on ``model``: one :class:`SitePlan` per site, in map order.
 
     Args:
@@ -91,6 +93,8 @@ def plan(model: nn.Module, maps: MapSets, mode: str = "auto", per_row: bool = Fa
             mode forced on every site (a site that cannot take it gets ``mode=None``).
         per_row: λ will differ between batch rows (rules out fold).
         pool_spatial: maps on conv features act on each plane's spatial mean (rules out fold).
+        chain: the map sets (several) are one chain for the whole model, not chosen per row (fold
+            can take it when no map has a support).
 
     Raises:
         ValueError: unknown mode, maps for another model type, unknown sites or channel mismatches.
@@ -106,7 +110,7 @@ def plan(model: nn.Module, maps: MapSets, mode: str = "auto", per_row: bool = Fa
         module = modules[names[site]]
         ctx = SiteContext(
             site, module, norm_spec(module), fold_target(module, pool_spatial),
-            [s[site] for s in sets.values() if site in s], multi, per_row, pool_spatial,
+            [s[site] for s in sets.values() if site in s], multi, per_row, pool_spatial, chain,
         )
         host = host_refusals(modules, names[site], module, ctx.fold)  # quantized / offloaded / adapter hosts
         candidates = tuple(REFUSALS) if mode == "auto" else (mode,)

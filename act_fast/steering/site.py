@@ -44,6 +44,7 @@ class SiteContext:
         maps: this site's map in each map set that has it.
         multi: several map sets (one chosen per row); per_row: λ differs between rows.
         pool_spatial: maps on conv features act on each plane's spatial mean.
+        chain: the map sets are one ordered chain for the whole model (a list given to steer).
     """
 
     site: str
@@ -54,6 +55,7 @@ class SiteContext:
     multi: bool
     per_row: bool
     pool_spatial: bool
+    chain: bool = False
 
 
 class SteeredSite:
@@ -82,8 +84,14 @@ class SteeredSite:
                 f"{channel_dim}, the map has {self.bank.channels}"
             )
         s, idx = self.control.tensors(self.device)
+        B = x.shape[0]
+        # one chain for every row ([1, S]): a stride-0 view of the batch's size
+        if idx is not None and idx.ndim == 2 and idx.shape[0] == 1 and B != 1:
+            idx = idx.expand(B, -1)
+        if s.ndim == 2 and s.shape[0] == 1 and B != 1:
+            s = s.expand(B, -1)
         for what, t in (("strength", s), ("map selection", idx)):
-            if t is not None and t.ndim == 1 and t.shape[0] != x.shape[0]:
+            if t is not None and t.ndim >= 1 and t.shape[0] != x.shape[0]:
                 raise ValueError(f"site {self.site!r}: per-row {what} has {t.shape[0]} rows, the batch has {x.shape[0]} (x {list(x.shape)})")
         return s, idx
 

@@ -16,18 +16,26 @@ from torch import Tensor
 
 
 class TokenControl:
-    """``strength``: float32 ``[max_tokens]``; ``map_index``: int32 ``[max_tokens]``, on ``device``."""
+    """``strength``: float32 ``[max_tokens]``; ``map_index``: int32 ``[max_tokens]``, on ``device``.
 
-    def __init__(self, max_tokens: int, device: torch.device) -> None:
+    With ``width`` S > 0 (an engine with several map sets) both are ``[max_tokens, S]``: each
+    token's chain of map slots and their λ (unused positions slot 0, λ 0), read by the ops as a
+    composition ``y = T_S(… T_1(x))``.
+    """
+
+    def __init__(self, max_tokens: int, device: torch.device, width: int = 0) -> None:
         self.max_tokens = int(max_tokens)
         self.device = torch.device(device)
-        self.strength = torch.zeros(self.max_tokens, dtype=torch.float32, device=self.device)
-        self.map_index = torch.zeros(self.max_tokens, dtype=torch.int32, device=self.device)
+        self.width = int(width)
+        shape = (self.max_tokens,) if self.width == 0 else (self.max_tokens, self.width)
+        self.strength = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        self.map_index = torch.zeros(shape, dtype=torch.int32, device=self.device)
         self._written = 0  # entries [0, _written) may be non-zero
 
     def fill(self, slots: np.ndarray, strengths: np.ndarray, tokens_per_request: np.ndarray) -> None:
-        """Writes one step: request ``r`` (in batch order) gets ``slots[r]`` and ``strengths[r]`` on
-        its ``tokens_per_request[r]`` consecutive tokens; the rest of the buffers is reset to 0.
+        """Writes one step: request ``r`` (in batch order) gets ``slots[r]`` and ``strengths[r]`` (rows
+        of ``S`` with a width) on its ``tokens_per_request[r]`` consecutive tokens; the rest of the
+        buffers is reset to 0.
 
         Nothing is copied when the step and the previous one are both wholly unsteered.
         """
@@ -39,8 +47,8 @@ class TokenControl:
         if not steered:
             self._reset(0)
             return
-        per_token_slot = np.repeat(np.asarray(slots, dtype=np.int32), counts)
-        per_token_strength = np.repeat(np.asarray(strengths, dtype=np.float32), counts)
+        per_token_slot = np.repeat(np.asarray(slots, dtype=np.int32), counts, axis=0)
+        per_token_strength = np.repeat(np.asarray(strengths, dtype=np.float32), counts, axis=0)
         self._copy(self.map_index, per_token_slot)
         self._copy(self.strength, per_token_strength)
         self._reset(n)
@@ -58,6 +66,6 @@ class TokenControl:
             # Stream-ordered after the previous step's kernels; the pinned staging buffer comes from
             # the caching host allocator, which keeps it alive until the copy has run.
             src = src.pin_memory()
-            dst[: src.numel()].copy_(src, non_blocking=True)
+            dst[: src.shape[0]].copy_(src, non_blocking=True)
         else:
-            dst[: src.numel()].copy_(src)
+            dst[: src.shape[0]].copy_(src)

@@ -27,7 +27,7 @@ import functools
 from typing import Any
 
 from act_fast.vllm.config import engine_config, file_digests, load_map_sets, normalise_paths
-from act_fast.vllm.requests import KEY_PREFIX, RequestSteeringError, parse_request, validate_request
+from act_fast.vllm.requests import KEY_PREFIX, RequestSteeringError, parse_request, validate_chain
 from act_fast.vllm.salt import steered_salt, unsteered_salt
 from act_fast.vllm.version import check_supported, installed_version, is_supported
 
@@ -115,8 +115,9 @@ class _FrontEnd:
             load_map_sets(config)  # fail engine start on a missing or damaged file, naming it
             self.digests = file_digests(config)
 
-    def check(self, request_id: str, extra: Any) -> tuple[int, float]:
-        """``(slot, λ)``; raises the 400-mapped validation error for a bad request."""
+    def check(self, request_id: str, extra: Any) -> tuple[tuple[int, float], ...]:
+        """The request's ``(slot, λ)`` chain (empty: unsteered); raises the 400-mapped validation
+        error for a bad request."""
         try:
             if self.config is None:
                 if extra and parse_request(extra) is not None:
@@ -124,16 +125,17 @@ class _FrontEnd:
                         "this engine has no act_fast map sets; start it with "
                         'additional_config={"act_fast": {"maps": {"name": "file.safetensors"}}}'
                     )
-                return 0, 0.0
-            return validate_request(extra, self.config.set_names, self.config.strength_range)
+                return ()
+            return validate_chain(extra, self.config.set_names, self.config.strength_range)
         except RequestSteeringError as err:
             raise _request_error(f"request {request_id}: {err}") from err
 
-    def salt(self, client_salt: str | None, slot: int, strength: float) -> str | None:
-        if slot == 0:
+    def salt(self, client_salt: str | None, chain: tuple[tuple[int, float], ...]) -> str | None:
+        """The prefix-cache salt of a request steered by ``chain`` (the whole ordered chain)."""
+        if not chain:
             return unsteered_salt(client_salt)
-        name = self.config.set_names[slot - 1]
-        return steered_salt(client_salt, [(name, self.digests[name], strength)])
+        names = self.config.set_names
+        return steered_salt(client_salt, [(names[slot - 1], self.digests[names[slot - 1]], lam) for slot, lam in chain])
 
 
 def _processor_init(original: Any) -> Any:
@@ -153,10 +155,10 @@ def _process_inputs(original: Any) -> Any:
         params = kwargs.get("params", args[2] if len(args) > 2 else None)
         front = getattr(self, "_act_fast", None)
         extra = getattr(params, "extra_args", None)
-        slot, strength = front.check(request_id, extra) if front is not None else (0, 0.0)
+        chain = front.check(request_id, extra) if front is not None else ()
         request = original(self, *args, **kwargs)
         if front is not None and front.config is not None and hasattr(request, "cache_salt"):
-            request.cache_salt = front.salt(request.cache_salt, slot, strength)
+            request.cache_salt = front.salt(request.cache_salt, chain)
         return request
 
     return process_inputs

@@ -24,7 +24,7 @@ from vllm.logger import init_logger
 
 from act_fast.vllm.buffers import TokenControl
 from act_fast.vllm.config import DIGEST_FIELD, CONFIG_KEY, EngineSteeringConfig, load_map_sets, maps_digest
-from act_fast.vllm.requests import RequestSteeringError, validate_request
+from act_fast.vllm.requests import RequestSteeringError, chain_width, validate_chain
 from act_fast.vllm.sites import install_sites, plan_sites
 
 logger = init_logger("vllm.act_fast")  # under "vllm" so that vLLM's log handler prints it
@@ -97,7 +97,7 @@ class WorkerSteering:
         self.set_names = config.set_names
         self.strength_range = config.strength_range
         self.control = control
-        self.requests: dict[str, tuple[int, float]] = {}  # req_id -> (slot, λ) of steered requests
+        self.requests: dict[str, tuple[tuple[int, float], ...]] = {}  # req_id -> (slot, λ) chain of steered requests
         self.tainted: set[int] = set()  # blocks a steered request was given since they were last zeroed
         self._zero_blocks = zero_blocks  # callable(list[int]) zeroing KV-cache blocks in every layer
         self._block_sizes = block_sizes  # callable() -> block size of each KV-cache group
@@ -114,12 +114,12 @@ class WorkerSteering:
             params = getattr(new, "sampling_params", None)
             extra = getattr(params, "extra_args", None) if params is not None else None
             try:
-                slot, strength = validate_request(extra, self.set_names, self.strength_range)
+                chain = validate_chain(extra, self.set_names, self.strength_range)
             except RequestSteeringError as err:  # the front end rejects these; never fail a step here
                 logger.warning("act_fast: request %s runs unsteered: %s", new.req_id, err)
-                slot, strength = 0, 0.0
-            if slot:
-                self.requests[new.req_id] = (slot, strength)
+                chain = ()
+            if chain:
+                self.requests[new.req_id] = chain
             else:
                 self.requests.pop(new.req_id, None)
             given.append((new.req_id, getattr(new, "block_ids", None), int(getattr(new, "num_computed_tokens", 0))))
@@ -171,14 +171,21 @@ class WorkerSteering:
             )
 
     def fill(self, req_ids: list[str], tokens_per_request: np.ndarray) -> None:
-        """Per-token λ and slot for a step whose requests run in ``req_ids`` order."""
+        """Per-token λ and slot (a ``[S]`` chain of them with several map sets) for a step whose
+        requests run in ``req_ids`` order."""
         num = len(tokens_per_request)
-        slots = np.zeros(num, dtype=np.int32)
-        strengths = np.zeros(num, dtype=np.float32)
+        shape = (num,) if self.control.width == 0 else (num, self.control.width)
+        slots = np.zeros(shape, dtype=np.int32)
+        strengths = np.zeros(shape, dtype=np.float32)
         if self.requests:
             for i, req_id in enumerate(req_ids[:num]):
-                slot, strength = self.requests.get(req_id, (0, 0.0))
-                slots[i], strengths[i] = slot, strength
+                chain = self.requests.get(req_id, ())
+                if self.control.width == 0:
+                    if chain:
+                        slots[i], strengths[i] = chain[0]
+                    continue
+                for k, (slot, strength) in enumerate(chain):
+                    slots[i, k], strengths[i, k] = slot, strength
         self.control.fill(slots, strengths, tokens_per_request)
 
 
@@ -265,7 +272,9 @@ def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfi
     model = runner.get_model()
     plans = plan_sites(model, map_sets, {n: str(p) for n, p in config.map_files.items()}, vllm_config.model_config.get_hidden_size())
     device = next(model.parameters()).device
-    control = TokenControl(runner.max_num_tokens, device)
+    # one set: [tokens] buffers; several: [tokens, S] chains (S = min(sets, 4))
+    width = chain_width(len(config.set_names)) if len(config.set_names) > 1 else 0
+    control = TokenControl(runner.max_num_tokens, device, width)
     install_sites(model, plans, map_sets, control)
     steering = WorkerSteering(config, control, *_block_zeroer(runner))
     _hook_execute(runner, steering)

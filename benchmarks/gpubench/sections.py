@@ -307,12 +307,21 @@ def _steer_configs(ctx: Ctx, model, channels: dict[str, int], names: list[str], 
         handle.select(rows)
         return handle.remove, {"maps": "support", "mode": "auto", "map_sets": 16, "batch": batch, "modes": M.mode_counts(handle)}
 
+    def chains():
+        # 16 different ordered chains of two map sets over the batch (issue 22): row i composes
+        # s(i mod 16) at λ 1 then s(i + 5 mod 16) at λ 0.5
+        sets = {f"s{i}": M.random_maps(channels, "support", ctx.device, seed=100 + i) for i in range(16)}
+        handle = af.steer(model, sets, strength=1.0, mode="auto")
+        handle.select([{f"s{i % 16}": STRENGTH, f"s{(i + 5) % 16}": 0.5 * STRENGTH} for i in range(batch)])
+        return handle.remove, {"maps": "support", "mode": "auto", "map_sets": 16, "chains": 16, "chain_length": 2, "batch": batch,
+                               "modes": M.mode_counts(handle)}
+
     def hooks():
         handles = add_reference_hooks(model, M.random_maps(channels, "support", ctx.device), STRENGTH)
         return (lambda: [h.remove() for h in handles]), {"maps": "support", "mode": "reference-style forward hooks"}
 
     table = {"unsteered": none, "fold": steered("fold", "fold"), "fused": steered("support", "fused"),
-             "op": steered("support", "op"), "multi16": multi, "hooks": hooks}
+             "op": steered("support", "op"), "multi16": multi, "chains16": chains, "hooks": hooks}
     return {n: table[n] for n in names}
 
 
@@ -505,8 +514,9 @@ def section_decode_b1(ctx: Ctx) -> dict:
 
 
 def section_decode_b32(ctx: Ctx) -> dict:
-    """Compiled decode, batch 32: unsteered vs fold / fused / op, and 16 map sets over the batch."""
-    return _decode(ctx, 32, True, ["unsteered", "fold", "fused", "op", "multi16"])
+    """Compiled decode, batch 32: unsteered vs fold / fused / op, 16 map sets over the batch, and
+    16 different chains of two map sets over the batch."""
+    return _decode(ctx, 32, True, ["unsteered", "fold", "fused", "op", "multi16", "chains16"])
 
 
 def section_decode_eager(ctx: Ctx) -> dict:

@@ -404,7 +404,7 @@ class TestBadInput:
         "int16_index": (TypeError, dict(index=torch.tensor([0, 1, 2], dtype=torch.int16)), r"map_index must be an int32 or int64 tensor, got torch.int16"),
         "list_index": (TypeError, dict(index=[0, 1, 2]), r"map_index must be None or an int32/int64 tensor, got list"),
         "index_rows": (ValueError, dict(index=torch.tensor([0, 1])), r"per-row map_index must have shape \[3\].*got \[2\]"),
-        "index_2d": (ValueError, dict(index=torch.zeros(3, 1, dtype=torch.int64)), r"per-row map_index must have shape \[3\].*got \[3, 1\]"),
+        "index_3d": (ValueError, dict(index=torch.zeros(3, 1, 1, dtype=torch.int64)), r"per-row map_index must have shape \[3\].*got \[3, 1, 1\]"),
         "vector_weight_with_index": (ValueError, dict(w=torch.ones(6)), r"weight must have shape \[K, 6\] with map_index.*got \[6\]"),
         "weight_channels": (ValueError, dict(w=torch.ones(4, 5)), r"weight must have shape \[K, 6\] with map_index.*got \[4, 5\]"),
         "bias_maps": (ValueError, dict(b=torch.zeros(3, 6)), r"bias must have shape \[4, 6\] with map_index.*got \[3, 6\]"),

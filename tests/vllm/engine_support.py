@@ -87,6 +87,7 @@ class HFReference:
         self.model = AutoModelForCausalLM.from_pretrained(assets.checkpoint, dtype=torch.float32).eval()
         self.map_sets = {name: af.load_maps(path) for name, path in assets.map_files.items()}
         self._cached = lru_cache(maxsize=None)(self._generate)
+        self._cached_chain = lru_cache(maxsize=None)(self._generate_chain)
 
     def generate(self, prompt: str, maps: str | None = None, strength: float = 0.0, max_tokens: int = 12) -> list[int]:
         """Generated token ids (without the prompt)."""
@@ -105,4 +106,19 @@ class HFReference:
                     handle.select([maps])
                     handle.set_strength(torch.tensor([strength]))
                     out = self.model.generate(ids, **kwargs)
+        return tuple(out[0, ids.shape[1] :].tolist())
+
+    def generate_chain(self, prompt: str, chain: tuple[tuple[str, float], ...], max_tokens: int = 12) -> list[int]:
+        """Generated token ids with the map sets composed in ``chain`` order (``(set, λ)`` pairs),
+        steered by ``act_fast.steer`` + ``select([{set: λ, ...}])``."""
+        return list(self._cached_chain(prompt, tuple(chain), max_tokens))
+
+    def _generate_chain(self, prompt: str, chain: tuple[tuple[str, float], ...], max_tokens: int) -> tuple[int, ...]:
+        import act_fast as af
+
+        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        kwargs = dict(max_new_tokens=max_tokens, do_sample=False, attention_mask=torch.ones_like(ids))
+        with torch.no_grad(), af.steer(self.model, self.map_sets) as handle:
+            handle.select([dict(chain)])
+            out = self.model.generate(ids, **kwargs)
         return tuple(out[0, ids.shape[1] :].tolist())

@@ -35,3 +35,15 @@ def test_step_larger_than_the_buffers_is_refused():
         assert "5 tokens" in str(err) and "4 tokens" in str(err)
     else:
         raise AssertionError("a step of 5 tokens fit in 4")
+
+
+def test_chain_buffers_hold_each_tokens_chain():
+    """Several map sets: [tokens, S] slots and λ per token (issue 22); padding rows stay 0."""
+    c = TokenControl(8, "cpu", width=2)
+    assert c.map_index.shape == (8, 2) and c.strength.shape == (8, 2)
+    c.fill(np.array([[1, 2], [0, 0], [2, 0]]), np.array([[0.75, 0.5], [0.0, 0.0], [1.0, 0.0]]), np.array([2, 1, 3]))
+    assert c.map_index.tolist() == [[1, 2], [1, 2], [0, 0], [2, 0], [2, 0], [2, 0], [0, 0], [0, 0]]
+    assert c.strength[:6, 0].tolist() == [0.75, 0.75, 0.0, 1.0, 1.0, 1.0]
+    c.fill(np.array([[2, 1]]), np.array([[0.5, 0.25]]), np.array([1]))
+    assert c.map_index.tolist() == [[2, 1]] + [[0, 0]] * 7
+    assert c.strength[0].tolist() == [0.5, 0.25] and not c.strength[1:].any()

@@ -125,3 +125,57 @@ def test_bad_request_is_rejected_and_the_engine_keeps_serving(llm, hf, extra, me
         llm.generate([PROMPTS[0], PROMPTS[1]], [params("a", 1.0), bad])
     outs = llm.generate([PROMPTS[0], PROMPTS[1]], [params("a", 1.0), params()])
     assert [tokens(o) for o in outs] == [hf.generate(PROMPTS[0], "a", 1.0), hf.generate(PROMPTS[1])]
+
+
+def chain_params(maps, strength=None, max_tokens: int = MAX_TOKENS):
+    from vllm import SamplingParams
+
+    extra = {"act_fast_maps": maps}
+    if strength is not None:
+        extra["act_fast_strength"] = strength
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, extra_args=extra)
+
+
+def test_composed_requests_match_act_fast_steer(llm, hf):
+    """Issue 22: requests composing both map sets (each form), beside one-set and unsteered requests
+    in one batch, generate the tokens of transformers + act_fast.steer with the same chain."""
+    cases = [
+        (PROMPTS[0], chain_params({"a": 0.8, "b": 0.5}), (("a", 0.8), ("b", 0.5))),
+        (PROMPTS[1], chain_params('{"b": 1.0, "a": 0.7}'), (("b", 1.0), ("a", 0.7))),  # vllm_xargs: JSON text
+        (PROMPTS[2], chain_params(["a", "b"], [1.0, -0.5]), (("a", 1.0), ("b", -0.5))),  # vllm_xargs: lists
+        (PROMPTS[3], params("b", 0.5), (("b", 0.5),)),
+        (PROMPTS[1], params(), ()),
+        (PROMPTS[0], chain_params({"b": 0.5, "a": 0.8}), (("b", 0.5), ("a", 0.8))),  # the other order
+    ]
+    outs = llm.generate([p for p, _, _ in cases], [sp for _, sp, _ in cases])
+    expected = [hf.generate_chain(p, chain) if chain else hf.generate(p) for p, _, chain in cases]
+    assert [tokens(o) for o in outs] == expected
+    composed = [expected[i] for i in (0, 1, 2)]
+    assert all(e != hf.generate(p) for e, (p, _, _) in zip(composed, cases)), "the chains must change the generations"
+    assert expected[0] != hf.generate(PROMPTS[0], "a", 0.8), "the second set must matter"
+
+
+def test_prefix_cache_covers_the_ordered_chain(llm, hf):
+    runs = [{"a": 1.0, "b": 0.5}, {"a": 1.0, "b": 0.5}, {"b": 0.5, "a": 1.0}]
+    cached = []
+    for chain in runs:
+        out = llm.generate([LONG_PROMPT], chain_params(chain, max_tokens=8))[0]
+        assert tokens(out) == hf.generate_chain(LONG_PROMPT, tuple(chain.items()), max_tokens=8)
+        cached.append(out.num_cached_tokens)
+    assert cached[1] > 0, "requests composing the same chain should share the prefix cache"
+    assert cached[2] == 0, "the reversed chain reused KV blocks of the other order"
+
+
+@pytest.mark.parametrize(
+    "maps, message",
+    [
+        ({"a": 1.0, "nope": 0.5}, r"unknown map set \['nope'\].*\['a', 'b'\]"),
+        ({"a": float("inf")}, r"act_fast_strength of map set 'a' must be finite"),
+        ('{"a": 1.0, "a": 0.5}', r"\['a'\] named twice"),
+    ],
+)
+def test_bad_composed_request_is_rejected_and_the_engine_keeps_serving(llm, hf, maps, message):
+    with pytest.raises(ValueError, match=message):
+        llm.generate([PROMPTS[0], PROMPTS[1]], [params("a", 1.0), chain_params(maps)])
+    outs = llm.generate([PROMPTS[0]], [chain_params({"a": 0.8, "b": 0.5})])
+    assert tokens(outs[0]) == hf.generate_chain(PROMPTS[0], (("a", 0.8), ("b", 0.5)))

@@ -136,3 +136,28 @@ def test_register_is_idempotent():
     plugin.register()
     assert InputProcessor.process_inputs is first
     assert getattr(first, plugin._PATCHED)
+
+
+def test_front_end_salt_covers_the_ordered_chain(additional_config):
+    """Composition (issue 22): the salt is over the whole ordered chain of (set, file digest, λ);
+    a chain of one is the one-set form, and a pair at λ = 0 is dropped (it steers nothing)."""
+    process, _ = _processor(additional_config)
+    digests = file_digests(engine_config(additional_config))
+
+    def salt(extra, client=None):
+        return process("r", "p", _params(extra), salt=client).cache_salt
+
+    ab = salt({"act_fast_maps": {"a": 0.8, "b": 0.5}})
+    assert ab == steered_salt(None, [("a", digests["a"], 0.8), ("b", digests["b"], 0.5)])
+    assert ab == salt({"act_fast_maps": '{"a": 0.8, "b": 0.5}'}) == salt({"act_fast_maps": ["a", "b"], "act_fast_strength": [0.8, 0.5]})
+    assert salt({"act_fast_maps": {"b": 0.5, "a": 0.8}}) != ab  # the order is part of the steering
+    assert salt({"act_fast_maps": {"a": 0.8, "b": 0.25}}) != ab
+    assert salt({"act_fast_maps": {"a": 0.8}}) == salt({"act_fast_maps": "a", "act_fast_strength": 0.8})
+    assert salt({"act_fast_maps": {"a": 0.8, "b": 0.0}}) == salt({"act_fast_maps": "a", "act_fast_strength": 0.8})
+    assert salt({"act_fast_maps": {"a": 0.0, "b": 0.0}}, client="t") == salt(None, client="t")
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match=r"unknown map set \['c'\] in act_fast_maps; this engine's map sets are \['a', 'b'\]"):
+        salt({"act_fast_maps": {"a": 1.0, "c": 1.0}})
+    with pytest.raises(VLLMValidationError, match=r"act_fast_strength of map set 'b' 3.0 is outside|outside this engine's range"):
+        salt({"act_fast_maps": {"a": 1.0, "b": 3.0}})

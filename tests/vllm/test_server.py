@@ -132,3 +132,19 @@ def test_server_refuses_lambda_outside_the_range_and_beam_search_with_400_and_ke
     assert status == 200 and reply["choices"][0]["token_ids"] == hf.generate(PROMPTS[2], "a", 10.0), reply
     status, reply = _complete(server, assets, PROMPTS[3], None)
     assert status == 200 and reply["choices"][0]["token_ids"] == hf.generate(PROMPTS[3]), reply
+
+
+def test_server_composes_map_sets_from_vllm_xargs(server, assets, hf):
+    """Issue 22 over HTTP: vllm_xargs values are strings, numbers or lists (a nested object is a
+    422 from vLLM's request model), so a chain comes as a JSON object in text or as two lists."""
+    for prompt, xargs, chain in [
+        (PROMPTS[0], {"act_fast_maps": json.dumps({"a": 0.8, "b": 0.5})}, (("a", 0.8), ("b", 0.5))),
+        (PROMPTS[2], {"act_fast_maps": ["b", "a"], "act_fast_strength": [1.0, "0.7"]}, (("b", 1.0), ("a", 0.7))),
+    ]:
+        status, body = _complete(server, assets, prompt, xargs)
+        assert status == 200, body
+        assert body["choices"][0]["token_ids"] == hf.generate_chain(prompt, chain), xargs
+    status, body = _complete(server, assets, PROMPTS[0], {"act_fast_maps": json.dumps({"a": 1.0, "c": 1.0})})
+    assert status == 400 and "unknown map set ['c']" in json.dumps(body) and "['a', 'b']" in json.dumps(body), body
+    status, body = _complete(server, assets, PROMPTS[0], {"act_fast_maps": '{"a": 1.0, "a": 0.5}'})
+    assert status == 400 and "named twice" in json.dumps(body), body

@@ -76,3 +76,27 @@ def test_non_finite_strength_messages_name_batch_rows(llama):
             h.set_strength(torch.tensor([0.5, float("nan")]))
         with pytest.raises(ValueError, match=r"strength \(shape \[\]\) holds NaN or Inf; λ must be finite"):
             h.set_strength(torch.tensor(float("inf")))
+
+
+def test_chains_check_each_positions_strength_against_the_range(llama):
+    """With chains the kernels read λ_k × strength per position: each product must be in range."""
+    norms = af.sites(llama, "layernorm")
+    a, b = random_maps(llama, norms, seed=1, support=True), random_maps(llama, norms, seed=2)
+    with af.steer(llama, {"a": a, "b": b}, strength_range=(-2.0, 2.0)) as h:
+        with pytest.raises(ValueError, match=r"outside the allowed range \[-2, 2\]"):
+            h.select([{"a": 0.5, "b": 2.5}, None])
+        h.select([{"a": 0.5, "b": 1.5}, {"b": -2.0}])
+        before = h.strength.clone()
+        with pytest.raises(ValueError, match=r"outside the allowed range \[-2, 2\] at \[row, chain position\] entries \[\[0, 1\]"):
+            h.set_strength(1.5)  # 1.5 × 1.5 = 2.25
+        assert torch.equal(h.strength, before)
+        h.set_strength(1.0)
+    with pytest.raises(ValueError, match=r"outside the allowed range \[0, 1\]"):
+        af.steer(llama, [a, b], strength=[0.5, 3.0], strength_range=(0.0, 1.0))
+    with af.steer(llama, [a, b], strength=[0.5, 1.0], strength_range=(0.0, 1.0)) as h:
+        before = h.strength.clone()
+        with pytest.raises(ValueError, match=r"outside the allowed range \[0, 1\]"):
+            h.set_strength([0.5, 1.5])
+        assert torch.equal(h.strength, before)
+        h.set_strength(1.0)  # the scale is still 1 after the refused list
+        assert torch.equal(h.strength, before)

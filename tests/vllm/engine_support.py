@@ -106,3 +106,13 @@ class HFReference:
                     handle.set_strength(torch.tensor([strength]))
                     out = self.model.generate(ids, **kwargs)
         return tuple(out[0, ids.shape[1] :].tolist())
+
+
+def engine_kwargs(checkpoint: Path, dtype: torch.dtype = torch.float32, **overrides) -> dict:
+    """Engine arguments of the vLLM tests: vLLM's defaults (compiled mode, prefix caching, chunked
+    prefill) except the checkpoint's dtype, a context length the tiny models support and a fixed
+    KV-cache size (the CPU backend otherwise reserves a fraction of the machine's memory)."""
+    return dict(
+        model=str(checkpoint), dtype=str(dtype).removeprefix("torch."), max_model_len=MAX_MODEL_LEN, seed=0,
+        kv_cache_memory_bytes=1 << 27, **overrides,
+    )

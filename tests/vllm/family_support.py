@@ -1,5 +1,4 @@
-"""Tiny checkpoints of the model families the vLLM plugin is tested on, their map sets, and the
-engine arguments shared by the family, tensor-parallel and load tests.
+"""Tiny checkpoints of the model families the vLLM plugin is tested on, and their map sets.
 
 Every family is a 2-layer model with hidden size 64 and 2 query heads of 32 (1 KV head): vLLM's CPU
 attention has no kernel for head sizes under 32. Each is saved in its dtype with the byte-level BPE
@@ -96,12 +95,3 @@ class Family:
     @property
     def id(self) -> str:
         return f"{self.model_type}-{str(self.dtype).removeprefix('torch.')}"
-
-
-def engine_kwargs(checkpoint: Path, dtype: torch.dtype = torch.float32, **overrides) -> dict:
-    """vLLM's defaults (compiled mode, prefix caching, chunked prefill) except the checkpoint's dtype,
-    a context length the tiny models support and a fixed KV-cache size."""
-    return dict(
-        model=str(checkpoint), dtype=str(dtype).removeprefix("torch."), max_model_len=MAX_MODEL_LEN, seed=0,
-        kv_cache_memory_bytes=1 << 27, **overrides,
-    )

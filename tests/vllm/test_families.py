@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_support import LONG_PROMPT, PROMPTS, HFReference, require_vllm
-from family_support import Family, build_family_assets, engine_kwargs, tiny_checkpoint
+from engine_support import LONG_PROMPT, PROMPTS, HFReference, engine_kwargs, require_vllm
+from family_support import Family, build_family_assets, tiny_checkpoint
 
 require_vllm()
 

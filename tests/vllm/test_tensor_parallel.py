@@ -21,8 +21,7 @@ import pytest
 import torch
 
 import act_fast as af
-from engine_support import LONG_PROMPT, PROMPTS, Assets, HFReference, require_vllm
-from family_support import engine_kwargs
+from engine_support import LONG_PROMPT, PROMPTS, Assets, HFReference, engine_kwargs, require_vllm
 
 require_vllm()
 

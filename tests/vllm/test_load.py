@@ -41,7 +41,8 @@ RSS_GROWTH_LIMIT = 64 << 20
 PROMPT_MIX = [*PROMPTS, LONG_PROMPT]  # the long prompt spans whole KV blocks: prefix caching is exercised
 SETTINGS = [(None, 0.0), ("a", 1.0), ("a", 0.5), ("a", -0.5), ("b", 1.0), ("b", 0.3)]
 # Composed settings (several map sets on one request) do not exist yet. When they do, list them here
-# as (xargs, reference setting) and they join the mix below.
+# (and give Call.xargs and the transformers reference their form): request_mix draws from
+# SETTINGS + COMPOSED_SETTINGS.
 COMPOSED_SETTINGS: list = []
 BAD_REQUESTS = [
     ({"act_fast_maps": "detox"}, "unknown map set 'detox'"),

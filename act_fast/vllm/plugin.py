@@ -16,6 +16,9 @@ these vLLM methods; each wrapper does nothing unless the engine's ``additional_c
   args (a λ outside the engine's ``strength_range`` included) and sets the request's prefix-cache
   salt (:mod:`act_fast.vllm.salt`): steered requests only share KV blocks with requests steered
   alike with the same map files, and no client salt can name a steered request's blocks.
+- ``BaseServing._check_model`` (OpenAI server, per request, before any response is sent): the same
+  check on ``vllm_xargs``, so a streamed bad request also gets HTTP 400 (not an error event in a
+  200 stream).
 - ``CompletionRequest`` / ``ChatCompletionRequest.to_beam_search_params`` (OpenAI server): vLLM's
   beam search builds its own ``SamplingParams`` without ``extra_args``, so steering would be
   silently dropped; a beam-search request with ``act_fast_*`` keys is refused instead (HTTP 400).
@@ -164,6 +167,26 @@ def _process_inputs(original: Any) -> Any:
     return process_inputs
 
 
+def _check_model(original: Any) -> Any:
+    # The OpenAI server runs process_inputs only once a streamed response has started (HTTP 200, the
+    # error as an event); its request checks (_check_model, first in completions, chat and responses)
+    # run before any response, so a bad request gets its 400 streamed or not.
+    @functools.wraps(original)
+    async def _check_model(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        error = await original(self, request, *args, **kwargs)
+        front = getattr(getattr(self, "input_processor", None), "_act_fast", None)
+        xargs = getattr(request, "vllm_xargs", None)
+        if error is not None or front is None or not xargs:
+            return error
+        try:
+            front.check(getattr(request, "request_id", None) or "", xargs)
+        except ValueError as err:
+            return self.create_error_response(str(err), param="vllm_xargs")
+        return None
+
+    return _check_model
+
+
 def _to_beam_search_params(original: Any) -> Any:
     @functools.wraps(original)
     def to_beam_search_params(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -187,11 +210,13 @@ def register() -> None:
         return  # only the check above: engines with an "act_fast" entry fail at start, naming the range
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.serve.engine.serving import BaseServing
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.worker.worker_base import WorkerWrapperBase
 
     _wrap(WorkerWrapperBase, "init_device", _init_device)
     _wrap(InputProcessor, "__init__", _processor_init)
     _wrap(InputProcessor, "process_inputs", _process_inputs)
+    _wrap(BaseServing, "_check_model", _check_model)
     _wrap(CompletionRequest, "to_beam_search_params", _to_beam_search_params)
     _wrap(ChatCompletionRequest, "to_beam_search_params", _to_beam_search_params)

@@ -9,9 +9,14 @@ saved AOT artifact) reads them at run time, as it reads the weights.
 - **fused**: a vLLM ``RMSNorm`` / ``GemmaRMSNorm`` computes its output with the
   ``act_fast::rms_norm_transport`` op, in the norm's rounding order (``RMSNorm`` rounds the normalised
   value to the input dtype before scaling, ``GemmaRMSNorm`` scales ``1 + w`` in float32). With a
-  residual it returns ``(normed, x + residual)`` as vLLM does; only ``normed`` is steered.
+  residual it returns ``(normed, x + residual)`` as vLLM does; only ``normed`` is steered. With a
+  residual in float16 / bfloat16, vLLM normalises the float32 sum: there vLLM's own forward runs and
+  its normed output is transported (two passes, vLLM's numerics bit for bit).
 - **op**: any other module: its output (a tensor, or the first tensor of ``(out, None)`` as vLLM's
   linear layers return) goes through the ``act_fast::affine_transport`` op.
+
+Under tensor parallelism a column-parallel linear (``qkv_proj``, ``gate_up_proj``) outputs only this
+rank's channels: its bank holds the same channels of the map (:mod:`act_fast.vllm.shards`).
 
 The custom ops are called directly: maps are validated when their files load and λ when a request
 is admitted (:mod:`act_fast.vllm.requests`), never per forward.
@@ -34,6 +39,7 @@ import act_fast.ops  # noqa: F401  (registers the torch.ops.act_fast custom ops)
 from act_fast.maps import SteeringMaps
 from act_fast.steering.mapsets import MapBank
 from act_fast.vllm.buffers import TokenControl
+from act_fast.vllm.shards import ShardError, rank_shard
 
 
 class SiteError(ValueError):
@@ -49,6 +55,7 @@ class SitePlan:
     channels: int
     weight_offset: float = 0.0
     cast_before_scale: bool = False
+    shard: tuple[tuple[int, int], ...] | None = None  # this rank's channel ranges of a tensor-parallel output
 
 
 def _rms_norm_classes() -> dict[type, tuple[float, bool]]:
@@ -140,7 +147,12 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
                 hint = f"; closest vLLM module names: {close}" if close else ""
                 problems.append(f"{where}: site {site!r} is not a module of vLLM's {type(model).__name__}{hint}")
                 continue
-            channels = _output_channels(module, hidden_size)
+            try:
+                shard = rank_shard(module)
+            except ShardError as err:
+                problems.append(f"{where}: site {site!r}: {err}")
+                continue
+            channels = shard.channels if shard is not None else _output_channels(module, hidden_size)
             if m.num_channels != channels:
                 problems.append(f"{where}: site {site!r}: the map has {m.num_channels} channels, vLLM's {type(module).__name__} outputs {channels}")
                 continue
@@ -153,7 +165,7 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
                 problems.append(f"{where}: site {site!r}: an RMSNorm over the first {module.variance_size_override} channels is not supported")
                 continue
             offset, cast = rounding if rounding is not None else (0.0, False)
-            plans[site] = SitePlan(site, "op" if rounding is None else "fused", channels, offset, cast)
+            plans[site] = SitePlan(site, "op" if rounding is None else "fused", channels, offset, cast, None if shard is None else shard.ranges)
     if problems:
         raise SiteError(f"act_fast maps do not fit the vLLM model ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
     order = {name: i for i, name in enumerate(modules)}
@@ -162,6 +174,11 @@ def plan_sites(model: nn.Module, map_sets: dict[str, SteeringMaps], files: dict[
 
 def _steered_rms_norm(self: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """vLLM RMSNorm forward with the transport fused in; ``x``: ``[num_tokens, C]``."""
+    if residual is not None and (x.dtype != torch.float32 or residual.dtype != torch.float32):
+        # vLLM adds in float32, normalises the unrounded sum and rounds the residual to x's dtype (a
+        # float16 sum may overflow where vLLM's output stays finite): its own forward, then the transport.
+        normed, residual = self._act_fast_inner_forward(x, residual)
+        return _transport(self, normed), residual
     if residual is not None:
         x = x + residual
         residual = x
@@ -186,14 +203,19 @@ def _steered_output(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             f"act_fast site {self._act_fast_site!r}: {type(self).__name__} returns {type(out).__name__}, not a tensor or "
             "(tensor, None); vLLM's decoder layers return (hidden, residual), so steer a norm, linear, attention or MLP output"
         )
+    y = _transport(self, x)
+    return y if rest is None else (y, *rest)
+
+
+def _transport(self: nn.Module, x: Tensor) -> Tensor:
+    """The site's transport of ``x``: ``[num_tokens, C]``, one λ and map slot per token."""
     if x.ndim != 2 or x.shape[-1] != self.act_fast_weight.shape[-1]:
         raise SiteError(f"act_fast site {self._act_fast_site!r}: output of shape {list(x.shape)}, expected [num_tokens, {self.act_fast_weight.shape[-1]}]")
     n = x.shape[0]
-    y = torch.ops.act_fast.affine_transport(
+    return torch.ops.act_fast.affine_transport(
         x, self.act_fast_weight, self.act_fast_bias, self.act_fast_strength[:n], 0.0, self.act_fast_lo, self.act_fast_hi,
         self.act_fast_map_index[:n], 1, False,
     )
-    return y if rest is None else (y, *rest)
 
 
 def install_sites(model: nn.Module, plans: list[SitePlan], map_sets: dict[str, SteeringMaps], control: TokenControl) -> None:
@@ -201,14 +223,17 @@ def install_sites(model: nn.Module, plans: list[SitePlan], map_sets: dict[str, S
     for plan in plans:
         module = model.get_submodule(plan.name)
         bank = MapBank.build(plan.name, map_sets, True, control.device)
+        if plan.shard is not None:  # this rank's channels of a tensor-parallel output, in its order
+            index = torch.cat([torch.arange(start, stop) for start, stop in plan.shard]).to(control.device)
+            bank = MapBank(*(None if t is None else t[:, index].contiguous() for t in (bank.weight, bank.bias, bank.lo, bank.hi)))
         for name, value in (("act_fast_weight", bank.weight), ("act_fast_bias", bank.bias), ("act_fast_lo", bank.lo), ("act_fast_hi", bank.hi),
                             ("act_fast_strength", control.strength), ("act_fast_map_index", control.map_index)):
             module.register_buffer(name, value, persistent=False)
         module._act_fast_site = plan.name
+        module._act_fast_inner_forward = module.forward
         if plan.mode == "fused":
             module._act_fast_weight_offset = plan.weight_offset
             module._act_fast_cast_before_scale = plan.cast_before_scale
             module.forward = MethodType(_steered_rms_norm, module)
         else:
-            module._act_fast_inner_forward = module.forward
             module.forward = MethodType(_steered_output, module)

@@ -75,16 +75,16 @@ def build_assets(root: Path) -> Assets:
 
 
 class HFReference:
-    """Greedy generations of the checkpoint with transformers, unsteered or steered by ``act_fast.steer``
-    with the same map sets (per-row map set and λ, batch of one)."""
+    """Greedy generations of the checkpoint with transformers (in ``dtype``), unsteered or steered by
+    ``act_fast.steer`` with the same map sets (per-row map set and λ, batch of one)."""
 
-    def __init__(self, assets: Assets) -> None:
+    def __init__(self, assets: Assets, dtype: torch.dtype = torch.float32) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         import act_fast as af
 
         self.tokenizer = AutoTokenizer.from_pretrained(assets.checkpoint)
-        self.model = AutoModelForCausalLM.from_pretrained(assets.checkpoint, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(assets.checkpoint, dtype=dtype).eval()
         self.map_sets = {name: af.load_maps(path) for name, path in assets.map_files.items()}
         self._cached = lru_cache(maxsize=None)(self._generate)
         self._cached_chain = lru_cache(maxsize=None)(self._generate_chain)
@@ -122,3 +122,12 @@ class HFReference:
             handle.select([dict(chain)])
             out = self.model.generate(ids, **kwargs)
         return tuple(out[0, ids.shape[1] :].tolist())
+
+def engine_kwargs(checkpoint: Path, dtype: torch.dtype = torch.float32, **overrides) -> dict:
+    """Engine arguments of the vLLM tests: vLLM's defaults (compiled mode, prefix caching, chunked
+    prefill) except the checkpoint's dtype, a context length the tiny models support and a fixed
+    KV-cache size (the CPU backend otherwise reserves a fraction of the machine's memory)."""
+    return dict(
+        model=str(checkpoint), dtype=str(dtype).removeprefix("torch."), max_model_len=MAX_MODEL_LEN, seed=0,
+        kv_cache_memory_bytes=1 << 27, **overrides,
+    )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine_support import LONG_PROMPT, MAX_MODEL_LEN, PROMPTS, require_vllm
+from engine_support import LONG_PROMPT, PROMPTS, require_vllm
+from engine_support import engine_kwargs as support_engine_kwargs
 
 require_vllm()
 
@@ -18,10 +19,8 @@ MAX_TOKENS = 12
 
 
 def engine_kwargs(assets) -> dict:
-    """Engine arguments of every vLLM test: the defaults, except the float32 checkpoint's dtype, a
-    context length the tiny model supports, and a fixed KV-cache size (the CPU backend otherwise
-    reserves a fraction of the machine's memory)."""
-    return dict(model=str(assets.checkpoint), dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, kv_cache_memory_bytes=1 << 27)
+    """:func:`engine_support.engine_kwargs` of the float32 Llama checkpoint."""
+    return support_engine_kwargs(assets.checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ class WorkerSteering:
     block, in every layer, before the step in which vLLM hands it out again as a new block (never a
     block shared as a prefix-cache hit). Unsteered traffic never pays for it. Where the runner's KV
     cache is readable by block (CPU), a reused block is first checked: a steered request that left
-    inf / NaN in it is flagged (a warning naming the request, its map set and λ; ``flagged``).
+    inf / NaN in it is flagged (a warning naming the request, its chain of map sets and λ; ``flagged``).
     """
 
     def __init__(
@@ -102,9 +102,9 @@ class WorkerSteering:
         self._zero_blocks = zero_blocks  # callable(list[int]) zeroing KV-cache blocks in every layer
         self._block_sizes = block_sizes  # callable() -> block size of each KV-cache group
         self._non_finite = non_finite  # callable(list[int]) -> the blocks holding inf / NaN, or None
-        self._writers: dict[int, tuple[str, int, float]] = {}  # tainted block -> (req_id, slot, λ) of its last steered owner
-        # req_id -> (map set, λ) of the last FLAGGED_KEPT requests that went non-finite (oldest dropped first)
-        self.flagged: dict[str, tuple[str, float]] = {}
+        self._writers: dict[int, tuple[str, tuple[tuple[int, float], ...]]] = {}  # tainted block -> (req_id, (slot, λ) chain) of its last steered owner
+        # req_id -> ((map set, λ), ...) chain of the last FLAGGED_KEPT requests that went non-finite (oldest dropped first)
+        self.flagged: dict[str, tuple[tuple[str, float], ...]] = {}
 
     def track(self, scheduler_output: Any) -> None:
         """Learns the step's new requests, forgets the finished ones, and zeroes reused blocks that
@@ -150,24 +150,25 @@ class WorkerSteering:
                 self._writers.pop(b, None)
         for req_id, groups, _ in given:
             if req_id in self.requests:
-                slot, strength = self.requests[req_id]
+                chain = self.requests[req_id]
                 for b in (b for blocks in groups or () for b in blocks if b != 0):  # 0: vLLM's null block
                     self.tainted.add(b)
-                    self._writers[b] = (req_id, slot, strength)
+                    self._writers[b] = (req_id, chain)
 
     def _flag(self, blocks: list[int]) -> None:
         for b in blocks:
             writer = self._writers.get(b)
             if writer is None or writer[0] in self.flagged:
                 continue
-            req_id, slot, strength = writer
-            self.flagged[req_id] = (self.set_names[slot - 1], strength)
+            req_id, chain = writer
+            setting = tuple((self.set_names[slot - 1], strength) for slot, strength in chain)
+            self.flagged[req_id] = setting
             if len(self.flagged) > FLAGGED_KEPT:
                 del self.flagged[next(iter(self.flagged))]
             logger.warning(
-                "act_fast: request %s (map set %r, λ %s) drove the model to inf/NaN: its output is not meaningful and its KV "
+                "act_fast: request %s (map sets and λ %s) drove the model to inf/NaN: its output is not meaningful and its KV "
                 "blocks held non-finite values (zeroed before reuse, no other request reads them); its maps overflow at this λ",
-                req_id, self.set_names[slot - 1], strength,
+                req_id, ", ".join(f"{name!r}: {strength}" for name, strength in setting),
             )
 
     def fill(self, req_ids: list[str], tokens_per_request: np.ndarray) -> None:

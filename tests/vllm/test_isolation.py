@@ -112,7 +112,7 @@ def test_extreme_maps_inside_the_range_do_not_reach_later_requests(llm, hf, stre
     _later_requests_match(llm, hf, PROMPTS[1])
     assert not _non_finite_blocks(llm), "the reused blocks were zeroed and then overwritten"
     flagged = _worker(llm)._act_fast.flagged
-    assert any(req_id.startswith(extreme.request_id) and setting == (EXTREME, strength) for req_id, setting in flagged.items()), flagged
+    assert any(req_id.startswith(extreme.request_id) and setting == ((EXTREME, strength),) for req_id, setting in flagged.items()), flagged
 
 
 @pytest.mark.parametrize("strength", [LO, HI])

@@ -114,4 +114,14 @@ def test_a_steered_request_that_left_non_finite_blocks_is_flagged():
     assert steering.flagged == {}
     steering.track(_step([_new_blocks("n", None, [7, 4])], finished=["s", "t"]))
     assert checked == [[4, 7]] and zeroed == [[4, 7]]
-    assert steering.flagged == {"s": ("b", 2.0)}  # "t" left finite values: not flagged
+    assert steering.flagged == {"s": (("b", 2.0),)}  # "t" left finite values: not flagged
+
+
+def test_a_composed_request_that_left_non_finite_blocks_is_flagged_with_its_chain():
+    zeroed = []
+    config = EngineSteeringConfig({"a": "a.safetensors", "b": "b.safetensors"})
+    steering = WorkerSteering(config, TokenControl(32, "cpu"), zeroed.append, lambda: [4], lambda ids: [b for b in ids if b == 5])
+    steering.track(_step([_new_blocks("c", {"act_fast_maps": {"b": 0.5, "a": 3.0}}, [5])]))
+    steering.track(_step([_new_blocks("n", None, [5])], finished=["c"]))
+    assert zeroed == [[5]]
+    assert steering.flagged == {"c": (("b", 0.5), ("a", 3.0))}

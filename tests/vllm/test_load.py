@@ -40,23 +40,26 @@ RSS_GROWTH_LIMIT = 64 << 20
 
 PROMPT_MIX = [*PROMPTS, LONG_PROMPT]  # the long prompt spans whole KV blocks: prefix caching is exercised
 SETTINGS = [(None, 0.0), ("a", 1.0), ("a", 0.5), ("a", -0.5), ("b", 1.0), ("b", 0.3)]
-# Composed settings (several map sets on one request) do not exist yet. When they do, list them here
-# (and give Call.xargs and the transformers reference their form): request_mix draws from
+# Composed settings (issue 22): an ordered chain of (map set, λ) pairs in the place of the map set,
+# sent as vllm_xargs carry it over HTTP (the JSON object as text); request_mix draws from
 # SETTINGS + COMPOSED_SETTINGS.
-COMPOSED_SETTINGS: list = []
+COMPOSED_SETTINGS = [((("a", 0.8), ("b", 0.5)), 0.0), ((("b", 1.0), ("a", -0.5)), 0.0)]
 BAD_REQUESTS = [
     ({"act_fast_maps": "detox"}, "unknown map set 'detox'"),
     ({"act_fast_maps": "a", "act_fast_strength": "strong"}, "act_fast_strength must be a number"),
     ({"act_fast_maps": "a", "act_fast_strength": "nan"}, "act_fast_strength must be finite"),
     ({"act_fast_strength": 0.5}, "2 map sets ['a', 'b']; name one"),
     ({"act_fast_map": "a"}, "unknown act_fast request keys ['act_fast_map']"),
+    ({"act_fast_maps": json.dumps({"a": 1.0, "c": 0.5})}, "unknown map set ['c']"),
+    ({"act_fast_maps": "a", "act_fast_strength": "1e39"}, "act_fast_strength must be finite in float32"),
+    ({"act_fast_maps": "a", "act_fast_strength": 10.5}, "outside this engine's range [-10.0, 10.0]"),
 ]
 
 
 @dataclass(frozen=True)
 class Call:
     prompt: str
-    maps: str | None
+    maps: str | tuple[tuple[str, float], ...] | None  # a map set, or a composed chain of (set, λ)
     strength: float
     stream: bool
     bad: tuple[dict, str] | None = None  # (xargs, expected message) of a bad request
@@ -65,11 +68,20 @@ class Call:
     def xargs(self) -> dict | None:
         if self.bad is not None:
             return self.bad[0]
+        if isinstance(self.maps, tuple):
+            return {"act_fast_maps": json.dumps(dict(self.maps))}
         return None if self.maps is None else {"act_fast_maps": self.maps, "act_fast_strength": self.strength}
+
+    def reference(self, hf, max_tokens: int) -> list[int]:
+        """What transformers + ``act_fast.steer`` generate for this call's setting."""
+        if isinstance(self.maps, tuple):
+            return hf.generate_chain(self.prompt, self.maps, max_tokens)
+        return hf.generate(self.prompt, self.maps, self.strength, max_tokens)
 
 
 def request_mix(n: int, seed: int) -> list[Call]:
-    """``n`` calls: about 1 in 7 bad, the others a setting of :data:`SETTINGS`, streamed or not."""
+    """``n`` calls: about 1 in 7 bad, the others a setting of :data:`SETTINGS` or
+    :data:`COMPOSED_SETTINGS`, streamed or not."""
     rng = random.Random(seed)
     calls = []
     for _ in range(n):
@@ -100,9 +112,9 @@ def wrong_answers(answers, hf) -> list[str]:
                 wrong.append(f"bad request {xargs} (stream={call.stream}): status {status}, expected 400 naming {message!r}: {body[:300]}")
         elif status != 200:
             wrong.append(f"{call.maps} λ={call.strength} stream={call.stream}: status {status}: {body[:300]}")
-        elif tokens != hf.generate(call.prompt, call.maps, call.strength, MAX_TOKENS):
+        elif tokens != call.reference(hf, MAX_TOKENS):
             wrong.append(f"{call.maps} λ={call.strength} stream={call.stream} prompt {call.prompt[:30]!r}: {tokens} != transformers' "
-                         f"{hf.generate(call.prompt, call.maps, call.strength, MAX_TOKENS)}")
+                         f"{call.reference(hf, MAX_TOKENS)}")
     return wrong
 
 
@@ -135,9 +147,9 @@ def test_load_mixed_requests_from_16_clients(assets, hf, tmp_path, capsys):
     calls = request_mix(REQUESTS, seed=0)
     for call in calls:  # references first (transformers on this thread), so clients only compare
         if call.bad is None:
-            hf.generate(call.prompt, call.maps, call.strength, MAX_TOKENS)
+            call.reference(hf, MAX_TOKENS)
     assert {c.stream for c in calls} == {True, False} and sum(c.bad is not None for c in calls) >= 15
-    assert {(c.maps, c.strength) for c in calls if c.bad is None} == set(SETTINGS)
+    assert {(c.maps, c.strength) for c in calls if c.bad is None} == set(SETTINGS + COMPOSED_SETTINGS)
 
     with running_server(assets.checkpoint, tmp_path / "server.log", *args) as server:
         warm_up, _ = run(server, request_mix(WARM_UP_REQUESTS, seed=1))

@@ -21,6 +21,11 @@
 #include <type_traits>
 #include <vector>
 
+// For the per-element pieces of the kernels' inner loops: with many kernel instantiations in one
+// file the compiler's inlining budget runs out and leaves some of them as calls, which pass the
+// vectors through memory (a chain of maps cost twice what one map does then).
+#define ACT_FAST_INLINE inline __attribute__((always_inline))
+
 namespace act_fast_cpu {
 
 using Vec = at::vec::Vectorized<float>;
@@ -41,7 +46,7 @@ inline float* scratch(int64_t n) {
 
 // Loads n (1..kStep) elements starting at p as two float vectors; lanes past n are zero.
 template <typename T>
-inline void load2(const T* p, int64_t n, Vec& a, Vec& b) {
+ACT_FAST_INLINE void load2(const T* p, int64_t n, Vec& a, Vec& b) {
   if constexpr (std::is_same_v<T, float>) {
     if (n == kStep) {
       a = Vec::loadu(p);
@@ -62,7 +67,7 @@ inline void load2(const T* p, int64_t n, Vec& a, Vec& b) {
 
 // Stores the first n (1..kStep) lanes of (a, b) at p, rounded to nearest even into T.
 template <typename T>
-inline void store2(T* p, int64_t n, const Vec& a, const Vec& b) {
+ACT_FAST_INLINE void store2(T* p, int64_t n, const Vec& a, const Vec& b) {
   if constexpr (std::is_same_v<T, float>) {
     if (n == kStep) {
       a.store(p);
@@ -86,17 +91,21 @@ inline void store2(T* p, int64_t n, const Vec& a, const Vec& b) {
 // v rounded to the nearest bfloat16 (ties to even) and back to float32, in integer arithmetic on
 // the float's bits: c10::BFloat16's rounding, a few instructions instead of a pack and an unpack.
 // NaN stays NaN (the sum would carry some NaN payloads into infinity).
-inline Vec round_bf16(const Vec& v) {
+ACT_FAST_INLINE Vec round_bf16(const Vec& v) {
   using IVec = at::vec::Vectorized<int32_t>;
   const IVec bits = at::vec::cast<int32_t>(v);
   const IVec lsb = (bits >> IVec(16)) & IVec(1);
   const IVec rounded = (bits + IVec(0x7FFF) + lsb) & IVec(static_cast<int32_t>(0xFFFF0000u));
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), at::vec::cast<float>(rounded), v);
+#else
   return Vec::blendv(at::vec::cast<float>(rounded), v, v.isnan());
+#endif
 }
 
 // (a, b) rounded to T (nearest even) and back: the value a module returning T hands on.
 template <typename T>
-inline void round_to(Vec& a, Vec& b) {
+ACT_FAST_INLINE void round_to(Vec& a, Vec& b) {
   if constexpr (std::is_same_v<T, at::BFloat16>) {
     a = round_bf16(a);
     b = round_bf16(b);
@@ -119,12 +128,24 @@ struct MapRow {
   const float* hi;
 };
 
+// y where lo < x < hi (strict; NaN compares false), else x: Vec::blendv(x, y, (x > lo) & (x < hi)).
+// On AVX512 as mask operations, three instructions where at::vec's turn each comparison's mask
+// into a vector and back (seven); the same comparisons (_CMP_GT_OQ, _CMP_LT_OQ).
+ACT_FAST_INLINE Vec keep_inside(const Vec& x, const Vec& y, const Vec& lo, const Vec& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __mmask16 inside = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ), x, hi, _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(inside, x, y);
+#else
+  return Vec::blendv(x, y, (x > lo) & (x < hi));
+#endif
+}
+
 // y = x + λ (w x + b − x), kept only where lo < x < hi (strict) when there is a support.
 template <bool kSupport>
-inline Vec transport_vec(const Vec& x, const Vec& w, const Vec& b, const Vec& lam, const Vec& lo, const Vec& hi) {
+ACT_FAST_INLINE Vec transport_vec(const Vec& x, const Vec& w, const Vec& b, const Vec& lam, const Vec& lo, const Vec& hi) {
   const Vec y = x + lam * ((w * x + b) - x);
   if constexpr (kSupport) {
-    return Vec::blendv(x, y, (x > lo) & (x < hi));
+    return keep_inside(x, y, lo, hi);
   } else {
     return y;
   }
@@ -135,7 +156,7 @@ template <bool kSupport>
 struct MapChunk {
   Vec wa, wb, ba, bb, la, lb, ha, hb;
 
-  MapChunk(const MapRow& m, int64_t c, int64_t n) {
+  ACT_FAST_INLINE MapChunk(const MapRow& m, int64_t c, int64_t n) {
     load2(m.w + c, n, wa, wb);
     load2(m.b + c, n, ba, bb);
     if constexpr (kSupport) {
@@ -146,7 +167,7 @@ struct MapChunk {
 
   // kStep channels at offset c as (even channels, odd channels): the order of load_bf16_pairs.
   struct Pairs {};
-  MapChunk(const MapRow& m, int64_t c, Pairs) {
+  ACT_FAST_INLINE MapChunk(const MapRow& m, int64_t c, Pairs) {
     load_float_pairs(m.w + c, wa, wb);
     load_float_pairs(m.b + c, ba, bb);
     if constexpr (kSupport) {
@@ -156,7 +177,7 @@ struct MapChunk {
   }
 
   // Transports the channels held in (a, b), in place.
-  void apply(Vec& a, Vec& b, const Vec& lam) const {
+  ACT_FAST_INLINE void apply(Vec& a, Vec& b, const Vec& lam) const {
     a = transport_vec<kSupport>(a, wa, ba, lam, la, ha);
     b = transport_vec<kSupport>(b, wb, bb, lam, lb, hb);
   }
@@ -168,38 +189,37 @@ constexpr int64_t kRowGroup = 4;
 template <typename T>
 struct RowLoader;
 
-// Whether transport_rows moves full chunks of bfloat16 rows in lane pairs (bf16_pairs.h).
+// Whether transport_group moves full chunks of bfloat16 rows in lane pairs (bf16_pairs.h).
 template <typename T, typename Load>
 constexpr bool kUsePairs = kBf16Pairs && std::is_same_v<T, at::BFloat16> && std::is_same_v<Load, RowLoader<at::BFloat16>>;
 
-// Transports n ≤ kRowGroup rows, first0 .. first0 + n − 1, that share one map. load(r, c, k, a, b)
-// puts channels [c, c + k) of row r, in float32, into (a, b); row r is written at
-// y + (r − first0)·C with strength lam[r − first0].
-template <bool kSupport, typename T, typename Load>
-inline void transport_rows(const Load& load, int64_t first0, int64_t n, T* y, int64_t C, const MapRow& m,
-                           const float* lam) {
-  Vec vlam[kRowGroup];
-  for (int64_t i = 0; i < n; ++i) vlam[i] = Vec(lam[i]);
-  for (int64_t c = 0; c < C; c += kStep) {
-    const int64_t k = std::min(kStep, C - c);
-    if constexpr (kUsePairs<T, Load>) {
-      if (k == kStep) {
-        const MapChunk<kSupport> chunk(m, c, typename MapChunk<kSupport>::Pairs{});
-        for (int64_t i = 0; i < n; ++i) {
-          Vec a, b;
-          load.pairs(first0 + i, c, a, b);
-          chunk.apply(a, b, vlam[i]);
-          store_bf16_pairs(y + i * C + c, a, b);
+// Rows searched together for rows that apply the same maps (see for_each_row_group).
+constexpr int64_t kGroupWindow = 64;
+
+// Calls run(rows, n) on groups of n ≤ kRowGroup rows of [r0, r1) whose key(r) are equal, every row
+// once. Rows that apply the same maps need not be neighbours (a decode batch steered by a few map
+// sets interleaves them), so each window of kGroupWindow rows is searched: a group then loads each
+// map chunk from memory once instead of once per row. The order rows are written in changes
+// nothing: each row's arithmetic is its own.
+template <typename Key, typename Run>
+inline void for_each_row_group(int64_t r0, int64_t r1, const Key& key, const Run& run) {
+  using K = decltype(key(r0));
+  K keys[kGroupWindow];
+  for (int64_t w0 = r0; w0 < r1; w0 += kGroupWindow) {
+    const int64_t w = std::min(r1 - w0, kGroupWindow);
+    bool done[kGroupWindow] = {};
+    for (int64_t j = 0; j < w; ++j) keys[j] = key(w0 + j);
+    for (int64_t i = 0; i < w; ++i) {
+      if (done[i]) continue;
+      int64_t rows[kRowGroup];
+      int64_t n = 0;
+      for (int64_t j = i; j < w && n < kRowGroup; ++j) {
+        if (!done[j] && keys[j] == keys[i]) {
+          done[j] = true;
+          rows[n++] = w0 + j;
         }
-        continue;
       }
-    }
-    const MapChunk<kSupport> chunk(m, c, k);
-    for (int64_t i = 0; i < n; ++i) {
-      Vec a, b;
-      load(first0 + i, c, k, a, b);
-      chunk.apply(a, b, vlam[i]);
-      store2(y + i * C + c, k, a, b);
+      run(rows, n);
     }
   }
 }
@@ -244,93 +264,128 @@ TransportArgs prepare_transport(const at::Tensor& weight, const at::Tensor& bias
                                 const std::optional<at::Tensor>& lo, const std::optional<at::Tensor>& hi,
                                 const std::optional<at::Tensor>& map_index, int64_t batch_rows);
 
-// Transports n ≤ kRowGroup rows, first0 .. first0 + n − 1, that share one chain of kMaps maps m:
-// y = T_kMaps(… T_1(x)) per element, in registers, each support tested on its own input; row r
-// is written at y + (r − first0)·C with strengths lam[r − first0][0 .. kMaps − 1]. kMaps = 0
-// copies (every map of the chain at λ = 0). The norms' row loaders are always_inline: not inlined
-// here, a chain of 2 cost 25 % more than one map in the fused RMSNorm.
-template <bool kSupport, int kMaps, typename T, typename Load>
-inline void transport_rows_chain(const Load& load, int64_t first0, int64_t n, T* y, int64_t C,
-                                                          const MapRow* m, const float (*lam)[kMaxChain]) {
+// Transports kRows rows rows[0 .. kRows − 1] (any rows of the range that starts at r0) that share
+// one chain of kMaps maps m: y = T_kMaps(… T_1(x)) per element, in registers, each support tested
+// on its own input; one map is a chain of one. load(r, c, k, a, b) puts channels [c, c + k) of row
+// r, in float32, into (a, b); row r is written at y + (r − r0)·C with strengths
+// lam[i][0 .. kMaps − 1] for rows[i]. kMaps = 0 copies (every map of a chain at λ = 0).
+//
+// Per chunk of kStep channels the rows are loaded, then transported map by map, each map's chunk
+// loaded once for all of them: the rows' values stay in registers (kRows is a compile-time count
+// for that) and are independent chains of arithmetic the core overlaps. bfloat16 rows move in
+// lane pairs (bf16_pairs.h) where a whole chunk can. The norms' row loaders are always_inline: not
+// inlined here, a chain of 2 cost 25 % more than one map in the fused RMSNorm.
+template <bool kSupport, int kMaps, int kRows, typename T, typename Load>
+inline void transport_group(const Load& load, const int64_t* rows, T* y, int64_t r0, int64_t C, const MapRow* m,
+                            const float (*lam)[kMaxChain]) {
+  Vec vlam[kRows][kMaps > 0 ? kMaps : 1];
+  for (int i = 0; i < kRows; ++i) {
+    for (int s = 0; s < kMaps; ++s) vlam[i][s] = Vec(lam[i][s]);
+  }
   for (int64_t c = 0; c < C; c += kStep) {
     const int64_t k = std::min(kStep, C - c);
-    for (int64_t i = 0; i < n; ++i) {
-      Vec a, b;
-      load(first0 + i, c, k, a, b);
-      for (int s = 0; s < kMaps; ++s) {
-        const MapChunk<kSupport> chunk(m[s], c, k);  // L1-resident: the group's rows share it
-        chunk.apply(a, b, Vec(lam[i][s]));
+    Vec a[kRows], b[kRows];
+    if constexpr (kUsePairs<T, Load>) {
+      if (k == kStep) {
+        for (int i = 0; i < kRows; ++i) load.pairs(rows[i], c, a[i], b[i]);
+        for (int s = 0; s < kMaps; ++s) {
+          const MapChunk<kSupport> chunk(m[s], c, typename MapChunk<kSupport>::Pairs{});
+          for (int i = 0; i < kRows; ++i) chunk.apply(a[i], b[i], vlam[i][s]);
+        }
+        for (int i = 0; i < kRows; ++i) store_bf16_pairs(y + (rows[i] - r0) * C + c, a[i], b[i]);
+        continue;
       }
-      store2(y + i * C + c, k, a, b);
     }
+    for (int i = 0; i < kRows; ++i) load(rows[i], c, k, a[i], b[i]);
+    for (int s = 0; s < kMaps; ++s) {
+      const MapChunk<kSupport> chunk(m[s], c, k);
+      for (int i = 0; i < kRows; ++i) chunk.apply(a[i], b[i], vlam[i][s]);
+    }
+    for (int i = 0; i < kRows; ++i) store2(y + (rows[i] - r0) * C + c, k, a[i], b[i]);
   }
 }
 
-// transport_row_range for a chain of a.S maps per row. A map whose λ is 0 is dropped (exactly the
-// identity, as in the reference), so each group of consecutive rows that share the maps they
-// apply (and which of them are at λ = 0) runs the chain of its A ≤ a.S active maps.
+// transport_group for n = 1 .. kRowGroup rows.
+template <bool kSupport, int kMaps, typename T, typename Load>
+inline void transport_group(const Load& load, const int64_t* rows, int64_t n, T* y, int64_t r0, int64_t C,
+                            const MapRow* m, const float (*lam)[kMaxChain]) {
+  static_assert(kRowGroup == 4, "one case per group size");
+  switch (n) {
+    case 1: return transport_group<kSupport, kMaps, 1>(load, rows, y, r0, C, m, lam);
+    case 2: return transport_group<kSupport, kMaps, 2>(load, rows, y, r0, C, m, lam);
+    case 3: return transport_group<kSupport, kMaps, 3>(load, rows, y, r0, C, m, lam);
+    default: return transport_group<kSupport, kMaps, 4>(load, rows, y, r0, C, m, lam);
+  }
+}
+
+// The maps a row of a chain applies: those of its chain whose λ is not 0 (a map at λ = 0 is
+// dropped, exactly the identity as in the reference), in order, and their chain positions.
+struct ActiveChain {
+  int count = 0;
+  MapRow m[kMaxChain];
+  int pos[kMaxChain];
+
+  // Same maps in the same order (the strengths may differ: each row keeps its own).
+  bool operator==(const ActiveChain& o) const {
+    if (count != o.count) return false;
+    for (int s = 0; s < count; ++s) {
+      if (m[s].w != o.m[s].w) return false;
+    }
+    return true;
+  }
+};
+
+// transport_row_range for a chain of a.S maps per row: each group of rows that apply the same
+// active maps runs the chain of its A ≤ a.S maps.
 template <bool kSupport, typename T, typename Load>
 inline void transport_chain_range(const Load& load, T* y, int64_t C, int64_t r0, int64_t r1, const TransportArgs& a,
                                   int64_t rows_per_batch) {
-  const auto active = [&](int64_t batch, MapRow* m, int* pos) {
-    int count = 0;
+  const auto active = [&](int64_t r) {
+    const int64_t batch = r / rows_per_batch;
+    ActiveChain chain;
     for (int64_t s = 0; s < a.S; ++s) {
       if (a.lam_for(batch, s) == 0.f) continue;
-      m[count] = a.map_for(batch, s);
-      pos[count++] = static_cast<int>(s);
+      chain.m[chain.count] = a.map_for(batch, s);
+      chain.pos[chain.count++] = static_cast<int>(s);
     }
-    return count;
+    return chain;
   };
-  int64_t r = r0;
-  while (r < r1) {
-    MapRow m[kMaxChain], other[kMaxChain];
-    int pos[kMaxChain], other_pos[kMaxChain];
-    const int count = active(r / rows_per_batch, m, pos);
+  for_each_row_group(r0, r1, active, [&](const int64_t* rows, int64_t n) {
+    const ActiveChain first = active(rows[0]);
     float lam[kRowGroup][kMaxChain];
-    int64_t n = 0;
-    for (; n < kRowGroup && r + n < r1; ++n) {
-      const int64_t batch = (r + n) / rows_per_batch;
-      if (n > 0) {
-        bool same = active(batch, other, other_pos) == count;
-        for (int s = 0; s < count && same; ++s) same = other[s].w == m[s].w && other_pos[s] == pos[s];
-        if (!same) break;
-      }
-      for (int s = 0; s < count; ++s) lam[n][s] = a.lam_for(batch, pos[s]);
+    for (int64_t i = 0; i < n; ++i) {
+      const ActiveChain own = i == 0 ? first : active(rows[i]);
+      for (int s = 0; s < own.count; ++s) lam[i][s] = a.lam_for(rows[i] / rows_per_batch, own.pos[s]);
     }
-    T* yr = y + (r - r0) * C;
-    switch (count) {
-      case 0: transport_rows_chain<kSupport, 0>(load, r, n, yr, C, m, lam); break;
-      case 1: transport_rows_chain<kSupport, 1>(load, r, n, yr, C, m, lam); break;
-      case 2: transport_rows_chain<kSupport, 2>(load, r, n, yr, C, m, lam); break;
-      case 3: transport_rows_chain<kSupport, 3>(load, r, n, yr, C, m, lam); break;
-      default: transport_rows_chain<kSupport, 4>(load, r, n, yr, C, m, lam); break;
+    switch (first.count) {
+      case 0: transport_group<kSupport, 0>(load, rows, n, y, r0, C, first.m, lam); break;
+      case 1: transport_group<kSupport, 1>(load, rows, n, y, r0, C, first.m, lam); break;
+      case 2: transport_group<kSupport, 2>(load, rows, n, y, r0, C, first.m, lam); break;
+      case 3: transport_group<kSupport, 3>(load, rows, n, y, r0, C, first.m, lam); break;
+      default: transport_group<kSupport, 4>(load, rows, n, y, r0, C, first.m, lam); break;
     }
-    r += n;
-  }
+  });
 }
 
-// Transports rows [r0, r1) given by load(r, c, k, a, b) (see transport_rows) into y, where row r
-// goes to y + (r − r0)·C. Consecutive rows that use the same map (chain) are transported together.
+// Transports rows [r0, r1) given by load(r, c, k, a, b) (see transport_group) into y, where row r
+// goes to y + (r − r0)·C. Rows that use the same map (chain) are transported together
+// (for_each_row_group).
 template <bool kSupport, typename T, typename Load>
 inline void transport_row_range(const Load& load, T* y, int64_t C, int64_t r0, int64_t r1, const TransportArgs& a,
                                 int64_t rows_per_batch) {
   if (a.chain) return transport_chain_range<kSupport>(load, y, C, r0, r1, a, rows_per_batch);
-  int64_t r = r0;
-  while (r < r1) {
-    const MapRow m = a.map_for(r / rows_per_batch);
-    float lam[kRowGroup];
-    int64_t n = 0;
-    for (; n < kRowGroup && r + n < r1; ++n) {
-      const int64_t batch = (r + n) / rows_per_batch;
-      if (n > 0 && a.map_for(batch).w != m.w) break;
-      lam[n] = a.lam_for(batch);
-    }
-    transport_rows<kSupport>(load, r, n, y + (r - r0) * C, C, m, lam);
-    r += n;
-  }
+  // one map per row, applied at every λ (0 included: the reference's x + 0·(w x + b − x) is NaN
+  // for x = ±inf, unlike a chain's dropped map)
+  const auto map_of = [&](int64_t r) { return a.map_for(r / rows_per_batch).w; };
+  for_each_row_group(r0, r1, map_of, [&](const int64_t* rows, int64_t n) {
+    const MapRow m = a.map_for(rows[0] / rows_per_batch);
+    float lam[kRowGroup][kMaxChain];
+    for (int64_t i = 0; i < n; ++i) lam[i][0] = a.lam_for(rows[i] / rows_per_batch);
+    transport_group<kSupport, 1>(load, rows, n, y, r0, C, &m, lam);
+  });
 }
 
-// A loader for transport_rows: channels of row r of a [R, C] array with row stride sx, whose row
+// A loader for transport_group: channels of row r of a [R, C] array with row stride sx, whose row
 // `first` is at x.
 template <typename T>
 struct RowLoader {

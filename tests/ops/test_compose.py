@@ -371,3 +371,53 @@ def test_triton_reads_a_strided_per_row_strength_and_index(backend):
     assert not lam.is_contiguous() and not index.is_contiguous()
     y = af.ops.affine_transport(x, w, b, lam, map_index=index)
     assert_kernel(y, affine_transport_ref(x, w, b, lam.contiguous(), map_index=index.contiguous()), backend)
+
+
+def _interleaved_rows(B, S):
+    """``[B, S]`` chains and λ of a decode batch steered by a few settings, interleaved: rows that
+    apply the same maps are far apart (across the CPU kernels' row windows of 32) and more than
+    four of them share each setting; two settings apply the same maps from different chain
+    positions (a map at λ = 0 dropped), others the same maps at other strengths."""
+    settings = [  # (chain, λ)
+        ([1, 2, 3, 4][:S], [0.5, 1.0, 0.8, 0.3][:S]),
+        ([3] + [0] * (S - 1), [0.9] + [0.0] * (S - 1)),
+        ([0] * (S - 1) + [3], [0.0] * (S - 1) + [0.4]),  # the maps of the row above, λ from position S − 1
+        ([0] * S, [0.0] * S),  # unsteered
+        ([2, 1, 4, 3][:S], [1.0, 0.0, 0.6, 0.7][:S]),
+        ([1, 2, 3, 4][:S], [0.25, 0.6, 0.1, 0.9][:S]),  # the first setting's maps, other strengths
+    ]
+    order = [(7 * r + r // 11) % len(settings) for r in range(B)]
+    index = torch.tensor([settings[k][0] for k in order], dtype=torch.int32)
+    lam = torch.tensor([settings[k][1] for k in order])
+    return index, lam
+
+
+@pytest.mark.parametrize("S", [1, 2, 4])
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("C", [40, 64])
+def test_interleaved_rows_with_the_same_maps(C, dtype, S, backend):
+    """The CPU kernels transport rows that apply the same maps together even when other rows lie
+    between them; every row still gets exactly its own chain and strengths ([B, S] index), and a
+    [B] index of interleaved single maps does the same."""
+    B = 75
+    x = (1.2 * torch.randn(B, C)).to(dtype)
+    w, b, lo, hi = make_maps(C, True)
+    index, lam = _interleaved_rows(B, S)
+    y = af.ops.affine_transport(x, w, b, lam, lo, hi, map_index=index)
+    assert_kernel(y, affine_transport_ref(x, w, b, lam, lo, hi, map_index=index), backend)
+    one, one_lam = index[:, -1].contiguous(), lam[:, -1].contiguous()
+    y = af.ops.affine_transport(x, w, b, one_lam, lo, hi, map_index=one)
+    assert_kernel(y, affine_transport_ref(x, w, b, one_lam, lo, hi, map_index=one), backend)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("norm", NORMS)
+def test_norm_interleaved_rows_with_the_same_maps(norm, dtype, backend):
+    B, C, S = 75, 40, 2
+    x = (1.5 * torch.randn(B, C) + 0.3).to(dtype)
+    nw = (0.5 + torch.rand(C)).to(dtype)
+    nb = (0.2 * torch.randn(C)).to(dtype) if norm == "layer" else None
+    w, b, lo, hi = make_maps(C, True)
+    index, lam = _interleaved_rows(B, S)
+    y = norm_public(norm, x, nw, nb, w, b, lam, lo, hi, index)
+    assert_kernel(y, affine_transport_ref(normed(norm, x, nw, nb), w, b, lam, lo, hi, map_index=index), backend)

@@ -242,14 +242,21 @@ def _block_zeroer(runner: Any) -> tuple[Any, Any, Any]:
         return [group.kv_cache_spec.block_size for group in runner.kv_cache_config.kv_cache_groups]
 
     def non_finite(block_ids: list[int]) -> list[int]:
-        """The blocks holding inf / NaN in any layer (the CPU cache: ``kv_cache[block]`` per layer)."""
-        index = torch.tensor(block_ids, dtype=torch.long)
-        bad = torch.zeros(len(block_ids), dtype=torch.bool)
-        for kv in runner.kv_caches:
-            bad |= (~torch.isfinite(kv.index_select(0, index.to(kv.device)))).flatten(1).any(1).cpu()
-        return [b for b, is_bad in zip(block_ids, bad.tolist()) if is_bad]
+        return non_finite_blocks(runner.kv_caches, block_ids)
 
     return zero, block_sizes, (non_finite if type(runner).__name__ == "CPUModelRunner" else None)
+
+
+def non_finite_blocks(kv_caches: list[torch.Tensor], block_ids: list[int]) -> list[int]:
+    """The blocks of ``block_ids`` holding inf or NaN in any layer's cache (``[num_blocks, ...]``,
+    a block on dim 0, as vLLM's CPU cache). The largest magnitude of each block is inf or NaN
+    exactly then (``amax`` propagates NaN): a fraction of the time of ``isfinite(...).any()``."""
+    index = torch.tensor(block_ids, dtype=torch.long)
+    bad = torch.zeros(len(block_ids), dtype=torch.bool)
+    for kv in kv_caches:
+        peak = kv.index_select(0, index.to(kv.device)).flatten(1).abs_().amax(1)
+        bad |= ~torch.isfinite(peak).cpu()
+    return [b for b, is_bad in zip(block_ids, bad.tolist()) if is_bad]
 
 
 def install_in_worker(vllm_config: Any, runner: Any, config: EngineSteeringConfig) -> WorkerSteering:

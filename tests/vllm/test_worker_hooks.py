@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from engine_support import require_vllm
 
@@ -14,7 +15,9 @@ require_vllm()
 
 from act_fast.vllm.buffers import TokenControl  # noqa: E402
 from act_fast.vllm.config import EngineSteeringConfig  # noqa: E402
-from act_fast.vllm.worker import UnsupportedEngineError, WorkerSteering, _check_engine, _hook_execute, _hook_v1, _hook_v2  # noqa: E402
+from act_fast.vllm.worker import (  # noqa: E402
+    UnsupportedEngineError, WorkerSteering, _check_engine, _hook_execute, _hook_v1, _hook_v2, non_finite_blocks,
+)
 
 
 def _new(req_id, extra):
@@ -125,3 +128,19 @@ def test_a_composed_request_that_left_non_finite_blocks_is_flagged_with_its_chai
     steering.track(_step([_new_blocks("n", None, [5])], finished=["c"]))
     assert zeroed == [[5]]
     assert steering.flagged == {"c": (("b", 0.5), ("a", 3.0))}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_non_finite_blocks_finds_each_kind_in_any_layer(dtype):
+    """The CPU check behind the flag: NaN, +inf and −inf anywhere in a block (first, middle, last
+    element) of any layer, and never a finite block, however large its values."""
+    layers = [torch.randn(12, 2, 5, 3).to(dtype) for _ in range(3)]
+    layers[0][2] = torch.finfo(dtype).max  # finite at the limit
+    layers[0][3].view(-1)[0] = float("nan")
+    layers[1][5].view(-1)[-1] = float("inf")
+    layers[2][8].view(-1)[14] = -float("inf")
+    layers[2][11].view(-1)[29] = float("nan")
+    assert non_finite_blocks(layers, [0, 2, 3, 5, 8, 9]) == [3, 5, 8]
+    assert non_finite_blocks(layers, [11, 1]) == [11]
+    assert non_finite_blocks(layers, [2, 4]) == []
+    assert layers[0][3].view(-1)[0].isnan() and layers[0][2].eq(torch.finfo(dtype).max).all()  # the caches are left as they were

@@ -151,6 +151,29 @@ class Child:
                 self.proc.kill()
 
 
+def write_record(record: dict, out: Path | None, suffix: str) -> Path:
+    """Writes ``record`` with the run's platform, date, commit, vLLM / torch versions and load
+    average to ``out`` or ``results/vllm-<cpu|cuda>-<date><suffix>.json``."""
+    import torch
+    import vllm
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    record = {
+        **record, "platform": platform.platform(), "date": dt.date.today().isoformat(), "commit": commit,
+        "vllm": vllm.__version__, "torch": torch.__version__,
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    slug = "cuda" if torch.cuda.is_available() else "cpu"
+    out = out or ROOT / "benchmarks" / "results" / f"vllm-{slug}-{record['date']}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
@@ -202,24 +225,12 @@ def main() -> int:
         for config in set(results) - {"plain"}:
             results[config]["loss_vs_plain"] = 1 - results[config]["decode_tokens_per_s"] / plain
             print(f"loss vs plain vLLM: {config} {results[config]['loss_vs_plain']:+.1%}")
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    import vllm
-
     record = {
-        "what": "vLLM decode throughput, act_fast steering (benchmarks/vllm_decode.py)",
-        "device": device, "platform": platform.platform(), "date": dt.date.today().isoformat(), "commit": commit,
-        "vllm": vllm.__version__, "torch": torch.__version__, "shape": args.shape, "dtype": args.dtype, "batch": args.batch,
-        "map_sets": args.map_sets, "max_tokens": args.max_tokens, "repeats": args.repeats, "chain_length": args.chain_length,
-        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None, "results": results,
+        "what": "vLLM decode throughput, act_fast steering (benchmarks/vllm_decode.py)", "device": device,
+        "shape": args.shape, "dtype": args.dtype, "batch": args.batch, "map_sets": args.map_sets, "max_tokens": args.max_tokens,
+        "repeats": args.repeats, "chain_length": args.chain_length, "results": results,
     }
-    slug = "cuda" if torch.cuda.is_available() else "cpu"
-    out = args.out or ROOT / "benchmarks" / "results" / f"vllm-{slug}-{record['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(record, args.out, "")
     return 0
 
 

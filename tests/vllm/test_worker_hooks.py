@@ -144,3 +144,16 @@ def test_non_finite_blocks_finds_each_kind_in_any_layer(dtype):
     assert non_finite_blocks(layers, [11, 1]) == [11]
     assert non_finite_blocks(layers, [2, 4]) == []
     assert layers[0][3].view(-1)[0].isnan() and layers[0][2].eq(torch.finfo(dtype).max).all()  # the caches are left as they were
+
+
+def test_non_finite_blocks_in_float8_caches_and_raw_bytes():
+    """float8 caches (vLLM's fp8 KV cache) are checked too; a cache of raw bytes is skipped, never a
+    crash of the step."""
+    e5m2 = torch.zeros(6, 2, 8).to(torch.float8_e5m2)
+    e5m2[1].view(-1)[3] = float("inf")
+    e5m2[4].view(-1)[15] = float("nan")
+    e4m3 = torch.zeros(6, 2, 8).to(torch.float8_e4m3fn)
+    e4m3[2].view(-1)[0] = float("nan")  # e4m3fn has NaN, no inf
+    raw = torch.full((6, 16), 255, dtype=torch.uint8)
+    assert non_finite_blocks([e5m2, e4m3, raw], [0, 1, 2, 3, 4, 5]) == [1, 2, 4]
+    assert non_finite_blocks([raw], [0, 1]) == []

@@ -421,3 +421,37 @@ def test_norm_interleaved_rows_with_the_same_maps(norm, dtype, backend):
     index, lam = _interleaved_rows(B, S)
     y = norm_public(norm, x, nw, nb, w, b, lam, lo, hi, index)
     assert_kernel(y, affine_transport_ref(normed(norm, x, nw, nb), w, b, lam, lo, hi, map_index=index), backend)
+
+
+def test_compiled_cpu_kernel_refuses_map_tensors_smaller_than_the_weight_in_a_subprocess():
+    """A bias or support with fewer maps than the weight would be read past its end when map_index
+    picks a map beyond it (the bodies check shapes; the compiled op is callable on its own)."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from act_fast.ops import cpu_kernels
+        cpu_kernels.load()
+        x = torch.randn(4, 64)
+        w, b = torch.ones(5, 64), torch.zeros(5, 64)
+        lo, hi = torch.full((5, 64), -1.0), torch.full((5, 64), 1.0)
+        idx = torch.full((4,), 4, dtype=torch.int32)
+        errors = 0
+        for bb, ll, hh in ((b[:1], None, None), (b, lo[:1], hi[:1]), (b, lo, hi[:2]), (b, lo, None)):
+            for call in (
+                lambda: torch.ops.act_fast_cpu.affine_transport(x, w, bb, None, 0.5, ll, hh, idx, 1, False, torch.empty_like(x)),
+                lambda: torch.ops.act_fast_cpu.rms_norm_transport(x, None, w, bb, None, 0.5, ll, hh, idx, 1e-5, 0.0, True, torch.empty_like(x)),
+            ):
+                try:
+                    call()
+                except ValueError as error:
+                    assert "map tensors" in str(error) or "lo and hi" in str(error), error
+                    errors += 1
+        torch.ops.act_fast_cpu.affine_transport(x, w, b, None, 0.5, lo, hi, idx, 1, False, torch.empty_like(x))
+        print("refused", errors)
+        """
+    )
+    if not cpu_kernels.available():
+        pytest.skip("the compiled CPU kernels cannot be built here")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused 8" in result.stdout

@@ -34,9 +34,11 @@ MAX_TOKENS = 8
 # Resident memory may grow by this much from the end of the warm-up to the end of the load run.
 # vLLM's CPU worker itself keeps growing with the step shapes it has not seen yet (measured with
 # plain vLLM 0.32, no act_fast, 200-request rounds of this mix: +63, +56, +32, +26, +13, +14, +22,
-# +14 MiB; a steered server: +51, +59, +29, +28, +12, +19, +21 MiB), hence a long warm-up; a leak
-# of 0.2 MiB per request on top of that would exceed the limit.
-RSS_GROWTH_LIMIT = 64 << 20
+# +14 MiB; a steered server: +51, +59, +29, +28, +12, +19, +21 MiB; with composed chains in the mix:
+# +23, +55 MiB), hence a long warm-up, and a limit half as large again as plain vLLM's own worst
+# round so that vLLM's noise does not fail the test; a leak of 0.5 MiB per request on top of
+# that would exceed it.
+RSS_GROWTH_LIMIT = 96 << 20
 
 PROMPT_MIX = [*PROMPTS, LONG_PROMPT]  # the long prompt spans whole KV blocks: prefix caching is exercised
 SETTINGS = [(None, 0.0), ("a", 1.0), ("a", 0.5), ("a", -0.5), ("b", 1.0), ("b", 0.3)]

@@ -196,8 +196,8 @@ constexpr bool kUsePairs = kBf16Pairs && std::is_same_v<T, at::BFloat16> && std:
 // Rows searched together for rows that apply the same maps (see for_each_row_group).
 constexpr int64_t kGroupWindow = 64;
 
-// Calls run(rows, n) on groups of n ≤ kRowGroup rows of [r0, r1) whose key(r) are equal, every row
-// once. Rows that apply the same maps need not be neighbours (a decode batch steered by a few map
+// Calls run(rows, keys, n) on groups of n ≤ kRowGroup rows of [r0, r1) whose key(r) are equal,
+// every row once; keys[i] is rows[i]'s key (computed once per row). Rows that apply the same maps need not be neighbours (a decode batch steered by a few map
 // sets interleaves them), so each window of kGroupWindow rows is searched: a group then loads each
 // map chunk from memory once instead of once per row. The order rows are written in changes
 // nothing: each row's arithmetic is its own.
@@ -212,14 +212,16 @@ inline void for_each_row_group(int64_t r0, int64_t r1, const Key& key, const Run
     for (int64_t i = 0; i < w; ++i) {
       if (done[i]) continue;
       int64_t rows[kRowGroup];
+      const K* row_keys[kRowGroup];
       int64_t n = 0;
       for (int64_t j = i; j < w && n < kRowGroup; ++j) {
         if (!done[j] && keys[j] == keys[i]) {
           done[j] = true;
+          row_keys[n] = &keys[j];
           rows[n++] = w0 + j;
         }
       }
-      run(rows, n);
+      run(rows, row_keys, n);
     }
   }
 }
@@ -350,12 +352,11 @@ inline void transport_chain_range(const Load& load, T* y, int64_t C, int64_t r0,
     }
     return chain;
   };
-  for_each_row_group(r0, r1, active, [&](const int64_t* rows, int64_t n) {
-    const ActiveChain first = active(rows[0]);
+  for_each_row_group(r0, r1, active, [&](const int64_t* rows, const ActiveChain* const* chains, int64_t n) {
+    const ActiveChain& first = *chains[0];
     float lam[kRowGroup][kMaxChain];
     for (int64_t i = 0; i < n; ++i) {
-      const ActiveChain own = i == 0 ? first : active(rows[i]);
-      for (int s = 0; s < own.count; ++s) lam[i][s] = a.lam_for(rows[i] / rows_per_batch, own.pos[s]);
+      for (int s = 0; s < chains[i]->count; ++s) lam[i][s] = a.lam_for(rows[i] / rows_per_batch, chains[i]->pos[s]);
     }
     switch (first.count) {
       case 0: transport_group<kSupport, 0>(load, rows, n, y, r0, C, first.m, lam); break;
@@ -377,7 +378,7 @@ inline void transport_row_range(const Load& load, T* y, int64_t C, int64_t r0, i
   // one map per row, applied at every λ (0 included: the reference's x + 0·(w x + b − x) is NaN
   // for x = ±inf, unlike a chain's dropped map)
   const auto map_of = [&](int64_t r) { return a.map_for(r / rows_per_batch).w; };
-  for_each_row_group(r0, r1, map_of, [&](const int64_t* rows, int64_t n) {
+  for_each_row_group(r0, r1, map_of, [&](const int64_t* rows, auto, int64_t n) {
     const MapRow m = a.map_for(rows[0] / rows_per_batch);
     float lam[kRowGroup][kMaxChain];
     for (int64_t i = 0; i < n; ++i) lam[i][0] = a.lam_for(rows[i] / rows_per_batch);

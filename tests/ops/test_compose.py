@@ -375,7 +375,7 @@ def test_triton_reads_a_strided_per_row_strength_and_index(backend):
 
 def _interleaved_rows(B, S):
     """``[B, S]`` chains and λ of a decode batch steered by a few settings, interleaved: rows that
-    apply the same maps are far apart (across the CPU kernels' row windows of 32) and more than
+    apply the same maps are far apart (across the CPU kernels' row windows of 64) and more than
     four of them share each setting; two settings apply the same maps from different chain
     positions (a map at λ = 0 dropped), others the same maps at other strengths."""
     settings = [  # (chain, λ)

@@ -330,6 +330,16 @@ def test_op_bodies_refuse_short_row_buffers(op, buffers, backend):
         BODY_CALLS[op](x, w, b, s, idx)
 
 
+def _run_compiled_kernel_script(code: str) -> str:
+    """Runs ``code`` (which calls torch.ops.act_fast_cpu.* directly) in a subprocess, so that a crash
+    fails the test instead of the test session; returns its stdout."""
+    if not cpu_kernels.available():
+        pytest.skip("the compiled CPU kernels cannot be built here")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 def test_compiled_cpu_kernel_refuses_short_row_buffers_in_a_subprocess():
     """The compiled op itself (torch.ops.act_fast_cpu.*, which the bodies call) refuses them too; run in
     a subprocess so that a crash fails the test instead of the test session."""
@@ -355,11 +365,7 @@ def test_compiled_cpu_kernel_refuses_short_row_buffers_in_a_subprocess():
         print("refused", errors)
         """
     )
-    if not cpu_kernels.available():
-        pytest.skip("the compiled CPU kernels cannot be built here")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "refused 6" in result.stdout
+    assert "refused 6" in _run_compiled_kernel_script(code)
 
 
 def test_triton_reads_a_strided_per_row_strength_and_index(backend):
@@ -450,8 +456,4 @@ def test_compiled_cpu_kernel_refuses_map_tensors_smaller_than_the_weight_in_a_su
         print("refused", errors)
         """
     )
-    if not cpu_kernels.available():
-        pytest.skip("the compiled CPU kernels cannot be built here")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "refused 8" in result.stdout
+    assert "refused 8" in _run_compiled_kernel_script(code)
